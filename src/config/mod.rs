@@ -1,0 +1,146 @@
+//! The per-VM config: parsing, defaults and validation.
+//!
+//! `load` turns the text of one YAML file into a `VmConfig`, or into a
+//! `ConfigError` that lists every problem as `FILE:LINE:COL: FIELD: message`.
+//! Nothing here touches the system beyond checking that named files exist.
+
+mod locate;
+mod model;
+mod units;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use locate::{FieldLocations, Position};
+pub use model::*;
+pub use units::{ByteSize, HumanDuration};
+pub use validate::{FileChecks, ISTIO_RESERVED_PORTS, Issue, Severity, parse_mac};
+
+/// The example VM, compiled in: what `vmpod` uses when no file is given.
+pub const EMBEDDED_EXAMPLE: &str = include_str!("../../domains/example.yaml");
+/// The name under which the embedded example is reported.
+pub const EMBEDDED_EXAMPLE_NAME: &str = "<embedded domains/example.yaml>";
+
+/// One problem, located in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub position: Option<Position>,
+    /// Field path such as `network.ingress[1].port`; empty for a syntax
+    /// error that belongs to no field.
+    pub field: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(p) = self.position {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        if self.severity == Severity::Warning {
+            write!(f, ": warning")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The config could not be used. Holds every error found (and warnings).
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config that passed validation, with any warnings about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: VmConfig,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Read and validate the file at `path`.
+pub fn load_file(path: &Path, files: FileChecks) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        diagnostics: vec![Diagnostic {
+            file: file.clone(),
+            position: None,
+            field: String::new(),
+            message: format!("cannot read the config file: {e}"),
+            severity: Severity::Error,
+        }],
+    })?;
+    load(&file, &text, files)
+}
+
+/// Parse and validate `text`, reporting problems against `file`.
+pub fn load(file: &str, text: &str, files: FileChecks) -> Result<Loaded, ConfigError> {
+    let locations = FieldLocations::index(text);
+    let config: VmConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
+        diagnostics: vec![parse_diagnostic(file, &locations, &e)],
+    })?;
+    let (errors, warnings): (Vec<_>, Vec<_>) = validate::validate(&config, files)
+        .into_iter()
+        .map(|issue| Diagnostic {
+            file: file.to_string(),
+            position: locations.position(&issue.field),
+            field: issue.field,
+            message: issue.message,
+            severity: issue.severity,
+        })
+        .partition(|d| d.severity == Severity::Error);
+    if errors.is_empty() {
+        Ok(Loaded { config, warnings })
+    } else {
+        Err(ConfigError {
+            diagnostics: errors.into_iter().chain(warnings).collect(),
+        })
+    }
+}
+
+fn parse_diagnostic(file: &str, locations: &FieldLocations, e: &serde_saphyr::Error) -> Diagnostic {
+    let position = e.location().filter(|l| l.line() > 0).map(|l| Position {
+        line: l.line() as usize,
+        column: l.column() as usize,
+    });
+    let field = position
+        .and_then(|p| locations.field_at(p))
+        .unwrap_or_default()
+        .to_string();
+    // The crate's Display adds the position and a source snippet; we print
+    // our own position, so keep only the first line of the message.
+    let rendered = e.without_snippet().to_string();
+    let message = strip_location_suffix(rendered.lines().next().unwrap_or("invalid YAML"));
+    Diagnostic {
+        file: file.to_string(),
+        position,
+        field,
+        message,
+        severity: Severity::Error,
+    }
+}
+
+/// serde-saphyr appends " at line L, column C"; we print the position first.
+fn strip_location_suffix(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}

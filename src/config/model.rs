@@ -1,0 +1,450 @@
+//! The per-VM config file, as typed data. Field names are part of vmpod's
+//! interface: users' files depend on them. Every struct rejects unknown
+//! fields so that a typo is an error, not a silently ignored setting.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// libvirt domain name: `[a-z0-9-]`, 1..63 characters.
+    pub name: String,
+    #[serde(default = "defaults::cpus")]
+    pub cpus: u32,
+    #[serde(default = "defaults::memory")]
+    pub memory: ByteSize,
+    #[serde(default)]
+    pub accel: Accel,
+    #[serde(default)]
+    pub boot: Option<Boot>,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub consoles: Consoles,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub health: Health,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when the host CPU offers hardware virtualization and /dev/kvm
+    /// opens, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Direct kernel boot.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: DiskFormat,
+    #[serde(default)]
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Sata,
+    Scsi,
+}
+
+impl DiskBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Sata => "sata",
+            DiskBus::Scsi => "scsi",
+        }
+    }
+
+    /// The guest device name prefix libvirt expects for this bus.
+    pub fn device_prefix(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "vd",
+            DiskBus::Sata | DiskBus::Scsi => "sd",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default = "defaults::bridge")]
+    pub bridge: String,
+    /// The bridge's address; its prefix is the guest subnet.
+    #[serde(default = "defaults::gateway")]
+    pub gateway: IpNet,
+    #[serde(default = "defaults::guest_ip")]
+    pub guest_ip: IpAddr,
+    /// Default: stable, derived from the domain name.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub mtu: Mtu,
+    #[serde(default)]
+    pub egress: Egress,
+    #[serde(default)]
+    pub ingress: Vec<Ingress>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            bridge: defaults::bridge(),
+            gateway: defaults::gateway(),
+            guest_ip: defaults::guest_ip(),
+            mac: None,
+            mtu: Mtu::Auto,
+            egress: Egress::default(),
+            ingress: Vec::new(),
+        }
+    }
+}
+
+/// `auto` (the MTU of the pod's default-route interface) or a number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mtu {
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+impl<'de> Deserialize<'de> for Mtu {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Mtu::Fixed(n)),
+            Raw::Text(t) if t == "auto" => Ok(Mtu::Auto),
+            Raw::Text(t) => t.parse().map(Mtu::Fixed).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not an MTU: use `auto` or a number such as 1500"
+                ))
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub mode: EgressMode,
+    #[serde(default = "defaults::egress_port")]
+    pub listen_port: u16,
+    #[serde(default)]
+    pub udp: UdpEgress,
+    /// Destinations forwarded by the kernel, bypassing the proxy.
+    #[serde(default)]
+    pub exclude: Vec<IpNet>,
+    /// Packet mark for TPROXY policy routing. Chosen not to collide with
+    /// Istio's 0x539 (1337), 0x111 and 1338.
+    #[serde(default = "defaults::fwmark")]
+    pub fwmark: u32,
+    /// Routing table holding the `local` default route for TPROXY. Istio
+    /// uses 133.
+    #[serde(default = "defaults::route_table")]
+    pub route_table: u32,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    #[serde(default = "defaults::half_close_timeout")]
+    pub half_close_timeout: HumanDuration,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Egress {
+            mode: EgressMode::default(),
+            listen_port: defaults::egress_port(),
+            udp: UdpEgress::default(),
+            exclude: Vec::new(),
+            fwmark: defaults::fwmark(),
+            route_table: defaults::route_table(),
+            connect_timeout: defaults::connect_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            half_close_timeout: defaults::half_close_timeout(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressMode {
+    /// TPROXY in mangle prerouting + policy routing; userspace relay.
+    #[default]
+    Tproxy,
+    /// nat REDIRECT + SO_ORIGINAL_DST; userspace relay.
+    Redirect,
+    /// Forwarding and masquerade only, no userspace hop.
+    Kernel,
+}
+
+impl EgressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressMode::Tproxy => "tproxy",
+            EgressMode::Redirect => "redirect",
+            EgressMode::Kernel => "kernel",
+        }
+    }
+
+    /// Whether guest TCP goes through vmpod's egress listener.
+    pub fn uses_proxy(self) -> bool {
+        self != EgressMode::Kernel
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpEgress {
+    #[default]
+    Masquerade,
+    Off,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    pub name: String,
+    /// The pod port.
+    pub port: u16,
+    /// Default: the same as `port`.
+    #[serde(default)]
+    pub guest_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl Ingress {
+    pub fn guest_port(&self) -> u16 {
+        self.guest_port.unwrap_or(self.port)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consoles {
+    #[serde(default)]
+    pub display: Option<Display>,
+    #[serde(default)]
+    pub libvirt: Option<LibvirtConsole>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Display {
+    #[serde(rename = "type", default)]
+    pub kind: DisplayKind,
+    #[serde(default = "defaults::display_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Allow a display without a password. Off unless set explicitly.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayKind {
+    #[default]
+    Spice,
+    Vnc,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtConsole {
+    #[serde(default = "defaults::libvirt_port")]
+    pub port: u16,
+    pub credentials_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+    /// Give up when a daemon (libvirtd, virtlogd) dies this many times...
+    #[serde(default = "defaults::daemon_max_restarts")]
+    pub daemon_max_restarts: u32,
+    /// ...within this window.
+    #[serde(default = "defaults::daemon_restart_window")]
+    pub daemon_restart_window: HumanDuration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            restart: RestartPolicy::default(),
+            shutdown_grace: defaults::shutdown_grace(),
+            daemon_max_restarts: defaults::daemon_max_restarts(),
+            daemon_restart_window: defaults::daemon_restart_window(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default = "defaults::health_port")]
+    pub port: u16,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            port: defaults::health_port(),
+        }
+    }
+}
+
+impl VmConfig {
+    pub fn shutdown_grace(&self) -> Duration {
+        self.lifecycle.shutdown_grace.0
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn cpus() -> u32 {
+        1
+    }
+    pub fn memory() -> ByteSize {
+        ByteSize::mebibytes(256)
+    }
+    pub fn bridge() -> String {
+        "virbr0".into()
+    }
+    pub fn gateway() -> IpNet {
+        "10.0.1.1/24".parse().expect("valid literal")
+    }
+    pub fn guest_ip() -> IpAddr {
+        "10.0.1.2".parse().expect("valid literal")
+    }
+    pub fn egress_port() -> u16 {
+        9401
+    }
+    pub fn fwmark() -> u32 {
+        0x4000
+    }
+    pub fn route_table() -> u32 {
+        4000
+    }
+    pub fn connect_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(3600))
+    }
+    pub fn half_close_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    pub fn max_connections() -> u32 {
+        10_000
+    }
+    pub fn display_port() -> u16 {
+        5900
+    }
+    pub fn libvirt_port() -> u16 {
+        16509
+    }
+    pub fn shutdown_grace() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn daemon_max_restarts() -> u32 {
+        5
+    }
+    pub fn daemon_restart_window() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub fn health_port() -> u16 {
+        8181
+    }
+}

@@ -1,0 +1,408 @@
+//! Semantic checks that serde cannot express. Every rule reports the field
+//! path it is about; all issues are collected, never only the first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::model::{Protocol, VmConfig};
+
+/// Ports the Istio sidecar binds or captures in the pod namespace.
+pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
+    (15000, "Envoy admin"),
+    (15001, "Envoy outbound capture"),
+    (15004, "debug"),
+    (15006, "Envoy inbound capture"),
+    (15008, "HBONE mTLS tunnel"),
+    (15009, "HBONE plaintext tunnel"),
+    (15020, "merged Prometheus telemetry"),
+    (15021, "health checks"),
+    (15053, "DNS proxy"),
+    (15090, "Envoy Prometheus telemetry"),
+];
+
+/// Marks Istio sets on packets; our fwmark must share no bit with them, or
+/// our policy rule would route the sidecar's packets.
+const ISTIO_MARKS: &[u32] = &[0x539, 0x111, 0x53a];
+/// Routing tables that must not be used: the kernel's own and Istio's.
+const RESERVED_TABLES: &[(u32, &str)] = &[
+    (0, "unspec"),
+    (133, "Istio's TPROXY table"),
+    (253, "the kernel's default table"),
+    (254, "the kernel's main table"),
+    (255, "the kernel's local table"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issue {
+    pub field: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+/// What to do about files the config names but that do not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChecks {
+    /// `run`: a missing file is an error.
+    Required,
+    /// `check`: a missing file is a warning (it may exist in the pod).
+    Warn,
+}
+
+pub fn validate(config: &VmConfig, files: FileChecks) -> Vec<Issue> {
+    let mut v = Validator {
+        issues: Vec::new(),
+        files,
+    };
+    v.identity(config);
+    v.boot(config);
+    v.network(config);
+    v.ports(config);
+    v.consoles(config);
+    v.lifecycle(config);
+    v.issues
+}
+
+struct Validator {
+    issues: Vec<Issue>,
+    files: FileChecks,
+}
+
+impl Validator {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            field: field.into(),
+            message: message.into(),
+            severity: Severity::Error,
+        });
+    }
+
+    fn file_exists(&mut self, field: impl Into<String>, path: &Path, what: &str) {
+        if !path.is_absolute() {
+            self.error(
+                field,
+                format!("{what} `{}` must be an absolute path", path.display()),
+            );
+            return;
+        }
+        if path.is_file() {
+            return;
+        }
+        let message = format!("{what} `{}` does not exist", path.display());
+        self.issues.push(Issue {
+            field: field.into(),
+            message,
+            severity: match self.files {
+                FileChecks::Required => Severity::Error,
+                FileChecks::Warn => Severity::Warning,
+            },
+        });
+    }
+
+    fn identity(&mut self, c: &VmConfig) {
+        if !is_dns_label(&c.name, 63) {
+            self.error(
+                "name",
+                format!(
+                    "`{}` is not a valid domain name: use 1 to 63 characters from a-z, 0-9 and `-`, not starting or ending with `-`",
+                    c.name
+                ),
+            );
+        }
+        if !(1..=256).contains(&c.cpus) {
+            self.error("cpus", format!("{} is out of range: use 1 to 256", c.cpus));
+        }
+        if c.memory.0 < 32 << 20 {
+            self.error(
+                "memory",
+                format!("{} is too small: a guest needs at least 32Mi", c.memory),
+            );
+        }
+    }
+
+    fn boot(&mut self, c: &VmConfig) {
+        if c.boot.is_none() && c.disks.is_empty() {
+            self.error(
+                "boot",
+                "nothing to boot: set boot.kernel for direct kernel boot, or list a bootable disk under disks",
+            );
+        }
+        if let Some(boot) = &c.boot {
+            self.file_exists("boot.kernel", &boot.kernel, "kernel");
+            if let Some(initrd) = &boot.initrd {
+                self.file_exists("boot.initrd", initrd, "initrd");
+            }
+        }
+        for (i, disk) in c.disks.iter().enumerate() {
+            self.file_exists(format!("disks[{i}].path"), &disk.path, "disk image");
+        }
+    }
+
+    fn network(&mut self, c: &VmConfig) {
+        let net = &c.network;
+        if !is_interface_name(&net.bridge) {
+            self.error(
+                "network.bridge",
+                format!(
+                    "`{}` is not a valid interface name: 1 to 15 characters, no `/`, `:` or whitespace",
+                    net.bridge
+                ),
+            );
+        }
+        let gw = net.gateway;
+        let subnet = gw.trunc();
+        let host_bits = gw.max_prefix_len() - gw.prefix_len();
+        if host_bits < 2 {
+            self.error(
+                "network.gateway",
+                format!(
+                    "/{} leaves no room for a guest: use /30 or shorter",
+                    gw.prefix_len()
+                ),
+            );
+        } else if gw.addr() == subnet.network()
+            || (gw.addr().is_ipv4() && gw.addr() == subnet.broadcast())
+        {
+            self.error(
+                "network.gateway",
+                format!("{} is the subnet's network or broadcast address: give the bridge a host address, e.g. {}", gw.addr(), first_host(&subnet)),
+            );
+        }
+        let guest = net.guest_ip;
+        if guest.is_ipv4() != gw.addr().is_ipv4() {
+            self.error(
+                "network.guest_ip",
+                format!("{guest} is not of the same IP family as the gateway {gw}"),
+            );
+        } else if !subnet.contains(&guest) {
+            self.error(
+                "network.guest_ip",
+                format!("{guest} is outside the gateway's subnet {subnet}"),
+            );
+        } else if guest == gw.addr() {
+            self.error(
+                "network.guest_ip",
+                format!("{guest} is the gateway's own address: pick another host of {subnet}"),
+            );
+        } else if guest == subnet.network() || (guest.is_ipv4() && guest == subnet.broadcast()) {
+            self.error(
+                "network.guest_ip",
+                format!("{guest} is the network or broadcast address of {subnet}"),
+            );
+        }
+        if let Some(mac) = &net.mac {
+            match parse_mac(mac) {
+                None => self.error(
+                    "network.mac",
+                    format!(
+                        "`{mac}` is not a MAC address: write six hex octets, e.g. 52:54:00:12:34:56"
+                    ),
+                ),
+                Some(octets) if octets[0] & 1 == 1 => self.error(
+                    "network.mac",
+                    format!("`{mac}` is a multicast address: the first octet must be even"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if let super::model::Mtu::Fixed(mtu) = net.mtu {
+            let min = if gw.addr().is_ipv4() { 576 } else { 1280 };
+            if !(min..=65520).contains(&mtu) {
+                self.error(
+                    "network.mtu",
+                    format!("{mtu} is out of range: use `auto` or {min} to 65520"),
+                );
+            }
+        }
+        let eg = &net.egress;
+        if let Some(bit) = ISTIO_MARKS.iter().find(|m| *m & eg.fwmark != 0) {
+            self.error(
+                "network.egress.fwmark",
+                format!(
+                    "{:#x} shares bits with Istio's mark {bit:#x}: the policy rule would capture the sidecar's packets; use e.g. 0x4000",
+                    eg.fwmark
+                ),
+            );
+        }
+        if eg.fwmark == 0 {
+            self.error("network.egress.fwmark", "the mark must not be 0");
+        }
+        if let Some((_, why)) = RESERVED_TABLES.iter().find(|(t, _)| *t == eg.route_table) {
+            self.error(
+                "network.egress.route_table",
+                format!("table {} is {why}; use e.g. 4000", eg.route_table),
+            );
+        }
+        for (i, cidr) in eg.exclude.iter().enumerate() {
+            if cidr.addr().is_ipv4() != gw.addr().is_ipv4() {
+                self.error(
+                    format!("network.egress.exclude[{i}]"),
+                    format!("{cidr} is not of the guest network's IP family"),
+                );
+            }
+        }
+        for (field, d) in [
+            ("connect_timeout", eg.connect_timeout),
+            ("idle_timeout", eg.idle_timeout),
+            ("half_close_timeout", eg.half_close_timeout),
+        ] {
+            if d.0.is_zero() {
+                self.error(format!("network.egress.{field}"), "must be longer than 0");
+            }
+        }
+        if eg.max_connections == 0 {
+            self.error("network.egress.max_connections", "must be at least 1");
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, ing) in net.ingress.iter().enumerate() {
+            let field = format!("network.ingress[{i}]");
+            if !is_dns_label(&ing.name, 15) {
+                self.error(
+                    format!("{field}.name"),
+                    format!("`{}` is not a valid port name: 1 to 15 characters from a-z, 0-9 and `-` (a Kubernetes port name)", ing.name),
+                );
+            }
+            if let Some(first) = names.insert(&ing.name, i) {
+                self.error(
+                    format!("{field}.name"),
+                    format!(
+                        "`{}` is already the name of network.ingress[{first}]",
+                        ing.name
+                    ),
+                );
+            }
+            if ing.guest_port == Some(0) {
+                self.error(format!("{field}.guest_port"), "port 0 is not a port");
+            }
+        }
+    }
+
+    fn ports(&mut self, c: &VmConfig) {
+        let mut used: Vec<(u16, Protocol, String)> = Vec::new();
+        if c.network.egress.mode.uses_proxy() {
+            used.push((
+                c.network.egress.listen_port,
+                Protocol::Tcp,
+                "network.egress.listen_port".into(),
+            ));
+        }
+        for (i, ing) in c.network.ingress.iter().enumerate() {
+            used.push((ing.port, ing.protocol, format!("network.ingress[{i}].port")));
+        }
+        if let Some(d) = &c.consoles.display {
+            used.push((d.port, Protocol::Tcp, "consoles.display.port".into()));
+        }
+        if let Some(l) = &c.consoles.libvirt {
+            used.push((l.port, Protocol::Tcp, "consoles.libvirt.port".into()));
+        }
+        used.push((c.health.port, Protocol::Tcp, "health.port".into()));
+
+        for (i, (port, proto, field)) in used.iter().enumerate() {
+            if *port == 0 {
+                self.error(field.clone(), "port 0 is not a port");
+                continue;
+            }
+            if let Some((_, role)) = ISTIO_RESERVED_PORTS.iter().find(|(p, _)| p == port) {
+                self.error(
+                    field.clone(),
+                    format!("port {port} is reserved by the Istio sidecar ({role}) in the shared pod network namespace; choose another port"),
+                );
+            }
+            if let Some((_, _, other)) =
+                used[..i].iter().find(|(p, pr, _)| p == port && pr == proto)
+            {
+                self.error(
+                    field.clone(),
+                    format!("port {port}/{} is already used by {other}", proto.as_str()),
+                );
+            }
+        }
+    }
+
+    fn consoles(&mut self, c: &VmConfig) {
+        if let Some(d) = &c.consoles.display {
+            match &d.password_file {
+                Some(p) => self.file_exists("consoles.display.password_file", p, "password file"),
+                None if d.insecure => {}
+                None => self.error(
+                    "consoles.display.password_file",
+                    "a display console needs a password file; set `insecure: true` only if anyone who reaches the port may take over the guest's screen",
+                ),
+            }
+        }
+        if let Some(l) = &c.consoles.libvirt {
+            self.file_exists(
+                "consoles.libvirt.credentials_file",
+                &l.credentials_file,
+                "credentials file",
+            );
+        }
+    }
+
+    fn lifecycle(&mut self, c: &VmConfig) {
+        let l = &c.lifecycle;
+        if l.shutdown_grace.0.is_zero() {
+            self.error(
+                "lifecycle.shutdown_grace",
+                "must be longer than 0: the guest needs time to power off",
+            );
+        }
+        if l.shutdown_grace.0.as_secs() > 3600 {
+            self.error("lifecycle.shutdown_grace", "must be at most 1h");
+        }
+        if l.daemon_max_restarts == 0 {
+            self.error("lifecycle.daemon_max_restarts", "must be at least 1");
+        }
+        if l.daemon_restart_window.0.is_zero() {
+            self.error("lifecycle.daemon_restart_window", "must be longer than 0");
+        }
+    }
+}
+
+/// `[a-z0-9-]`, 1..=max characters, no leading or trailing `-`.
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_interface_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// Six hex octets separated by `:`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for slot in &mut out {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *slot = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+fn first_host(subnet: &ipnet::IpNet) -> IpAddr {
+    match subnet.hosts().next() {
+        Some(h) => h,
+        None => subnet.network(),
+    }
+}

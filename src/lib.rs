@@ -1,0 +1,6 @@
+//! vmpod: the PID 1 of a pod that runs one virtual machine, making the VM a
+//! first-class member of the pod's service mesh.
+
+pub mod config;
+pub mod host;
+pub mod logging;

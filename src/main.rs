@@ -1,0 +1,126 @@
+//! The `vmpod` command line: parses arguments, dispatches into the library,
+//! prints errors and maps them to exit codes (0 ok, 1 runtime failure,
+//! 2 usage or config error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vmpod::config::{self, ConfigError, FileChecks, Loaded};
+
+#[derive(Parser)]
+#[command(
+    name = "vmpod",
+    version,
+    about = "Run one VM as a first-class member of a pod's service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a VM config; prints every problem found.
+    Check {
+        /// The config file (default: the embedded domains/example.yaml).
+        file: Option<PathBuf>,
+        /// Treat missing kernel, disk and secret files as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print what `run` would apply, without root and without touching the system.
+    Render {
+        /// The config file (default: the embedded domains/example.yaml).
+        file: Option<PathBuf>,
+        /// Which part to print.
+        #[arg(long, value_enum, default_value_t = What::Plan)]
+        what: What,
+    },
+    /// Boot and supervise the VM (the container's entry point).
+    Run {
+        /// The config file (default: the embedded domains/example.yaml).
+        #[arg(long, env = "VMPOD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    /// The libvirt domain XML.
+    Domain,
+    /// The nft script for the table vmpod owns.
+    Firewall,
+    /// Everything: sysctls, policy routing, listeners, libvirt config files, and the above.
+    Plan,
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    vmpod::logging::init();
+    match cli.command {
+        Command::Check { file, strict } => check(file, strict),
+        Command::Render { file, what } => render(file, what),
+        Command::Run { config } => match load(config.as_deref(), FileChecks::Required) {
+            Ok(_loaded) => {
+                eprintln!("vmpod: run is not implemented yet");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+            Err(e) => config_failure(&e),
+        },
+    }
+}
+
+fn load(file: Option<&std::path::Path>, files: FileChecks) -> Result<Loaded, ConfigError> {
+    match file {
+        Some(path) => config::load_file(path, files),
+        None => config::load(
+            config::EMBEDDED_EXAMPLE_NAME,
+            config::EMBEDDED_EXAMPLE,
+            files,
+        ),
+    }
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check(file: Option<PathBuf>, strict: bool) -> ExitCode {
+    let files = if strict {
+        FileChecks::Required
+    } else {
+        FileChecks::Warn
+    };
+    match load(file.as_deref(), files) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}: ok", loaded.config.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_failure(&e),
+    }
+}
+
+fn render(file: Option<PathBuf>, _what: What) -> ExitCode {
+    match load(file.as_deref(), FileChecks::Warn) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => config_failure(&e),
+    }
+}
