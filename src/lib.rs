@@ -3,4 +3,8 @@
 
 pub mod config;
 pub mod host;
+pub mod init;
+pub mod libvirt;
 pub mod logging;
+pub mod net;
+pub mod plan;

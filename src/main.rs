@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use vmpod::config::{self, ConfigError, FileChecks, Loaded};
+use vmpod::host::HostFacts;
+use vmpod::plan::Plan;
 
 #[derive(Parser)]
 #[command(
@@ -118,9 +120,26 @@ fn check(file: Option<PathBuf>, strict: bool) -> ExitCode {
     }
 }
 
-fn render(file: Option<PathBuf>, _what: What) -> ExitCode {
-    match load(file.as_deref(), FileChecks::Warn) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => config_failure(&e),
+fn render(file: Option<PathBuf>, what: What) -> ExitCode {
+    let loaded = match load(file.as_deref(), FileChecks::Warn) {
+        Ok(loaded) => loaded,
+        Err(e) => return config_failure(&e),
+    };
+    for w in &loaded.warnings {
+        eprintln!("{w}");
     }
+    // The password stays out of everything render prints.
+    let plan = match Plan::build(&loaded.config, &HostFacts::detect(), None) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("vmpod: cannot render {}: {e}", loaded.config.name);
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match what {
+        What::Domain => print!("{}", plan.domain_xml),
+        What::Firewall => print!("{}", plan.firewall_script),
+        What::Plan => print!("{plan}"),
+    }
+    ExitCode::SUCCESS
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::model::{Protocol, VmConfig};
+use super::model::{DiskBus, Protocol, VmConfig};
 
 /// Ports the Istio sidecar binds or captures in the pod namespace.
 pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
@@ -142,6 +142,12 @@ impl Validator {
         }
         for (i, disk) in c.disks.iter().enumerate() {
             self.file_exists(format!("disks[{i}].path"), &disk.path, "disk image");
+            if disk.readonly && disk.bus == DiskBus::Sata {
+                self.error(
+                    format!("disks[{i}].readonly"),
+                    "libvirt does not support read-only SATA disks: use bus virtio or scsi",
+                );
+            }
         }
     }
 

@@ -1,0 +1,154 @@
+//! The guest as libvirt sees it: define (idempotently), start, observe,
+//! shut down, destroy. Each call runs on the libvirt thread.
+
+use virt::domain::Domain;
+use virt::sys;
+
+use super::conn::{Libvirt, LibvirtError};
+
+/// What the supervisor needs to know about the domain's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestState {
+    Running,
+    Paused,
+    /// Powered off from inside the guest (or by ACPI): a clean stop.
+    ShutOffClean,
+    /// Destroyed by someone (`virsh destroy`, or vmpod after the grace).
+    ShutOffDestroyed,
+    /// qemu died or the guest crashed.
+    ShutOffFailed,
+    /// Booting or shutting down.
+    Transitional,
+    /// No domain of that name is defined.
+    Missing,
+}
+
+impl GuestState {
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            GuestState::Running | GuestState::Paused | GuestState::Transitional
+        )
+    }
+
+    fn from_libvirt(state: sys::virDomainState, reason: i32) -> Self {
+        match state {
+            sys::VIR_DOMAIN_RUNNING => GuestState::Running,
+            sys::VIR_DOMAIN_PAUSED | sys::VIR_DOMAIN_PMSUSPENDED => GuestState::Paused,
+            sys::VIR_DOMAIN_SHUTDOWN | sys::VIR_DOMAIN_NOSTATE | sys::VIR_DOMAIN_BLOCKED => {
+                GuestState::Transitional
+            }
+            sys::VIR_DOMAIN_SHUTOFF => match reason as sys::virDomainShutoffReason {
+                sys::VIR_DOMAIN_SHUTOFF_SHUTDOWN => GuestState::ShutOffClean,
+                sys::VIR_DOMAIN_SHUTOFF_DESTROYED => GuestState::ShutOffDestroyed,
+                // Never started yet: as clean as it gets.
+                sys::VIR_DOMAIN_SHUTOFF_UNKNOWN => GuestState::ShutOffClean,
+                _ => GuestState::ShutOffFailed,
+            },
+            _ => GuestState::ShutOffFailed,
+        }
+    }
+}
+
+/// What `define` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defined {
+    New,
+    Replaced,
+    Unchanged,
+}
+
+pub struct Guest {
+    libvirt: Libvirt,
+    name: String,
+}
+
+fn lookup(conn: &virt::connect::Connect, name: &str) -> Result<Option<Domain>, virt::error::Error> {
+    match Domain::lookup_by_name(conn, name) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.code() == virt::error::ErrorNumber::NoDomain => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Guest {
+    pub fn new(libvirt: Libvirt, name: &str) -> Guest {
+        Guest {
+            libvirt,
+            name: name.to_string(),
+        }
+    }
+
+    /// Defines the domain from `xml`. A domain of the same name is replaced
+    /// when its definition differs; a running one keeps running (its new
+    /// definition applies at the next start).
+    pub async fn define(&self, xml: &str) -> Result<Defined, LibvirtError> {
+        let name = self.name.clone();
+        let xml = xml.to_string();
+        self.libvirt
+            .call(move |conn| {
+                let existed = match lookup(conn, &name)? {
+                    Some(d) => {
+                        let current = d.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?;
+                        Some(current)
+                    }
+                    None => None,
+                };
+                let mut dom = Domain::define_xml(conn, &xml)?;
+                let after = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?;
+                let _ = dom.free();
+                Ok(match existed {
+                    None => Defined::New,
+                    Some(before) if before == after => Defined::Unchanged,
+                    Some(_) => Defined::Replaced,
+                })
+            })
+            .await
+    }
+
+    pub async fn start(&self) -> Result<(), LibvirtError> {
+        self.with_domain(|d| d.create().map(|_| ())).await
+    }
+
+    pub async fn state(&self) -> Result<GuestState, LibvirtError> {
+        let name = self.name.clone();
+        self.libvirt
+            .call(move |conn| match lookup(conn, &name)? {
+                None => Ok(GuestState::Missing),
+                Some(mut d) => {
+                    let (state, reason) = d.get_state()?;
+                    let _ = d.free();
+                    Ok(GuestState::from_libvirt(state, reason))
+                }
+            })
+            .await
+    }
+
+    /// Sends the ACPI power button.
+    pub async fn shutdown(&self) -> Result<(), LibvirtError> {
+        self.with_domain(|d| {
+            d.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn destroy(&self) -> Result<(), LibvirtError> {
+        self.with_domain(|d| d.destroy()).await
+    }
+
+    async fn with_domain(
+        &self,
+        f: impl FnOnce(&Domain) -> Result<(), virt::error::Error> + Send + 'static,
+    ) -> Result<(), LibvirtError> {
+        let name = self.name.clone();
+        self.libvirt
+            .call(move |conn| {
+                let mut d = Domain::lookup_by_name(conn, &name)?;
+                let r = f(&d);
+                let _ = d.free();
+                r
+            })
+            .await
+    }
+}

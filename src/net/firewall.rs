@@ -1,0 +1,681 @@
+//! The one nftables table vmpod owns: `table inet vmpod`.
+//!
+//! [`plan`] turns the config into a typed table (chains of rules); its
+//! `Display` is the nft syntax, the same shape `nft list table inet vmpod`
+//! prints. [`FirewallPlan::script`] wraps it into an atomic, idempotent
+//! `nft -f -` transaction that replaces our table whatever state it is in,
+//! and [`FirewallPlan::delete_script`] removes it. Neither ever touches
+//! another table: the sidecar's tables share this network namespace, so
+//! `flush ruleset` is never used.
+//!
+//! What the table does, per egress mode (S = guest subnet, B = bridge):
+//! - `tproxy`: guest TCP from S to a non-local destination is handed to the
+//!   transparent egress listener by `tproxy` at mangle priority and marked;
+//!   packets of connections the listener already holds (`socket
+//!   transparent 1`) get the same mark. The policy route `fwmark M lookup T`
+//!   with a `local` default route in T is set up by rtnetlink, not here.
+//! - `redirect`: guest TCP is `redirect`ed to the listener in nat prerouting;
+//!   the listener reads the original destination with SO_ORIGINAL_DST.
+//! - `kernel`: no proxy chain; guest traffic is forwarded and masqueraded.
+//!
+//! In every mode, traffic the proxy does not carry (UDP unless `udp: off`,
+//! ICMP, TCP to excluded destinations) is masqueraded behind the pod's
+//! address when it leaves other than through B. Every rule carries a
+//! `comment` saying why, for the operator reading `nft list table`.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+use crate::config::{EgressMode, UdpEgress, VmConfig};
+
+/// The address family of vmpod's table: one table for IPv4 and IPv6.
+pub const TABLE_FAMILY: &str = "inet";
+/// The name of vmpod's table.
+pub const TABLE_NAME: &str = "vmpod";
+
+const DELETE_SCRIPT: &str = "delete table inet vmpod\n";
+
+/// The whole of `table inet vmpod`, as data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallPlan {
+    pub chains: Vec<Chain>,
+}
+
+/// A base chain: attached to a netfilter hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: &'static str,
+    pub kind: ChainType,
+    pub hook: Hook,
+    pub priority: Priority,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainType {
+    Filter,
+    Nat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Postrouting,
+}
+
+/// The standard priority names nft knows for the inet family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// -150: before conntrack's NAT, where TPROXY must run.
+    Mangle,
+    /// -100: destination NAT.
+    DstNat,
+    /// 100: source NAT.
+    SrcNat,
+}
+
+/// One rule: matches, then actions, then a comment for the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub actions: Vec<Action>,
+    /// Plain text without `"`; nft limits comments to 128 bytes.
+    pub comment: String,
+}
+
+/// The IP family of an address match, a TPROXY target or ICMP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(net: &IpNet) -> IpFamily {
+        match net {
+            IpNet::V4(_) => IpFamily::V4,
+            IpNet::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+    /// ICMP of the given family: `icmp` or `icmpv6`.
+    Icmp(IpFamily),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// `iifname "B"`
+    InInterface(String),
+    /// `oifname != "B"`
+    NotOutInterface(String),
+    /// `ip saddr NET` (or `ip6`).
+    Source(IpNet),
+    /// `ip daddr NET` or `ip daddr { NET, ... }`; never empty.
+    DestinationIn(IpFamily, Vec<IpNet>),
+    /// `meta l4proto P`
+    Proto(L4Proto),
+    /// `meta l4proto != P`
+    NotProto(L4Proto),
+    /// `socket transparent 1`: the packet belongs to a socket with
+    /// IP_TRANSPARENT, i.e. one the egress listener accepted.
+    TransparentSocket,
+    /// `fib daddr type != local`: not addressed to this namespace.
+    NotLocalDestination,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `meta mark set meta mark | M`: set the bits of M, keep the others.
+    OrMark(u32),
+    /// `tproxy ip to :P` (or `ip6`).
+    Tproxy(IpFamily, u16),
+    /// `redirect to :P`
+    Redirect(u16),
+    Masquerade,
+    Accept,
+    Return,
+}
+
+/// Render the table for `config`.
+pub fn plan(config: &VmConfig) -> FirewallPlan {
+    let net = &config.network;
+    let egress = &net.egress;
+    let subnet = net.gateway.trunc();
+    let family = IpFamily::of(&subnet);
+    // Validation rejects exclusions of the other family; they could not be
+    // written in this family's match anyway. Aggregation makes the set
+    // canonical (sorted, no overlaps, host bits cleared).
+    let exclude = IpNet::aggregate(
+        &egress
+            .exclude
+            .iter()
+            .filter(|n| IpFamily::of(n) == family)
+            .copied()
+            .collect(),
+    );
+    let guest = Guest {
+        bridge: &net.bridge,
+        subnet,
+        family,
+    };
+
+    let mut chains = Vec::new();
+    match egress.mode {
+        EgressMode::Tproxy => chains.push(Chain {
+            name: "egress_tproxy",
+            kind: ChainType::Filter,
+            hook: Hook::Prerouting,
+            priority: Priority::Mangle,
+            rules: [
+                Some(Rule {
+                    matches: vec![
+                        Match::InInterface(net.bridge.clone()),
+                        Match::Proto(L4Proto::Tcp),
+                        Match::TransparentSocket,
+                    ],
+                    actions: vec![Action::OrMark(egress.fwmark), Action::Accept],
+                    comment:
+                        "packet of a connection the egress proxy holds: mark it for the local route"
+                            .into(),
+                }),
+                guest.exclusions_return(&exclude),
+                Some(Rule {
+                    matches: guest.new_tcp(),
+                    actions: vec![
+                        Action::Tproxy(family, egress.listen_port),
+                        Action::OrMark(egress.fwmark),
+                        Action::Accept,
+                    ],
+                    comment: format!(
+                        "new guest TCP connection: to the egress proxy on port {}",
+                        egress.listen_port
+                    ),
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }),
+        EgressMode::Redirect => chains.push(Chain {
+            name: "egress_redirect",
+            kind: ChainType::Nat,
+            hook: Hook::Prerouting,
+            priority: Priority::DstNat,
+            rules: [
+                guest.exclusions_return(&exclude),
+                Some(Rule {
+                    matches: guest.new_tcp(),
+                    actions: vec![Action::Redirect(egress.listen_port)],
+                    comment: format!(
+                        "new guest TCP connection: to the egress proxy on port {}",
+                        egress.listen_port
+                    ),
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }),
+        EgressMode::Kernel => {}
+    }
+
+    let udp = egress.udp == UdpEgress::Masquerade;
+    let masquerade = if egress.mode.uses_proxy() {
+        let mut rules = Vec::new();
+        if !exclude.is_empty() {
+            rules.push(guest.masquerade(
+                vec![
+                    Match::DestinationIn(family, exclude.clone()),
+                    Match::Proto(L4Proto::Tcp),
+                ],
+                "guest TCP to an excluded destination bypasses the proxy: give it the pod's address",
+            ));
+        }
+        if udp {
+            rules.push(guest.masquerade(
+                vec![Match::Proto(L4Proto::Udp)],
+                "guest UDP is not proxied: give it the pod's address",
+            ));
+        }
+        // The proxy carries only TCP; without this, ping from the guest
+        // would leave with the guest's address and never get an answer.
+        rules.push(guest.masquerade(
+            vec![Match::Proto(L4Proto::Icmp(family))],
+            "guest ICMP is not proxied: give it the pod's address so ping works",
+        ));
+        rules
+    } else if udp {
+        vec![guest.masquerade(
+            vec![],
+            "kernel egress mode: all guest traffic leaves with the pod's address",
+        )]
+    } else {
+        vec![guest.masquerade(
+            vec![Match::NotProto(L4Proto::Udp)],
+            "kernel egress mode: guest traffic but UDP (udp: off) leaves with the pod's address",
+        )]
+    };
+    chains.push(Chain {
+        name: "egress_masquerade",
+        kind: ChainType::Nat,
+        hook: Hook::Postrouting,
+        priority: Priority::SrcNat,
+        rules: masquerade,
+    });
+
+    FirewallPlan { chains }
+}
+
+/// The parts of a rule every guest-facing rule starts with.
+struct Guest<'a> {
+    bridge: &'a str,
+    subnet: IpNet,
+    family: IpFamily,
+}
+
+impl Guest<'_> {
+    /// Guest TCP entering from the bridge to an address not of this pod.
+    fn new_tcp(&self) -> Vec<Match> {
+        vec![
+            Match::InInterface(self.bridge.into()),
+            Match::Source(self.subnet),
+            Match::Proto(L4Proto::Tcp),
+            Match::NotLocalDestination,
+        ]
+    }
+
+    fn exclusions_return(&self, exclude: &[IpNet]) -> Option<Rule> {
+        (!exclude.is_empty()).then(|| Rule {
+            matches: vec![
+                Match::InInterface(self.bridge.into()),
+                Match::Source(self.subnet),
+                Match::DestinationIn(self.family, exclude.to_vec()),
+            ],
+            actions: vec![Action::Return],
+            comment: "excluded destination: not proxied, the kernel forwards it".into(),
+        })
+    }
+
+    /// Guest traffic leaving other than through the bridge, plus `extra`.
+    fn masquerade(&self, extra: Vec<Match>, comment: &str) -> Rule {
+        let mut matches = vec![
+            Match::Source(self.subnet),
+            Match::NotOutInterface(self.bridge.into()),
+        ];
+        matches.extend(extra);
+        Rule {
+            matches,
+            actions: vec![Action::Masquerade],
+            comment: comment.into(),
+        }
+    }
+}
+
+impl FirewallPlan {
+    /// The apply script for `nft -f -`: one transaction that creates the
+    /// table if missing (so the delete cannot fail), deletes it with
+    /// everything in it, and creates it anew. Applying it twice gives the
+    /// same table; other tables are untouched.
+    pub fn script(&self) -> String {
+        format!(
+            "# vmpod: replace table {TABLE_FAMILY} {TABLE_NAME} in one transaction; no other table is touched.\n\
+             table {TABLE_FAMILY} {TABLE_NAME} {{}}\n\
+             delete table {TABLE_FAMILY} {TABLE_NAME}\n\
+             {self}"
+        )
+    }
+
+    /// The teardown script for `nft -f -`. It fails when the table does not
+    /// exist; the caller decides whether that matters.
+    pub fn delete_script() -> &'static str {
+        DELETE_SCRIPT
+    }
+}
+
+/// The table as nft syntax, written the way `nft list table inet vmpod`
+/// prints it, so that the kernel's listing can be compared with the plan.
+impl fmt::Display for FirewallPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table {TABLE_FAMILY} {TABLE_NAME} {{")?;
+        for (i, chain) in self.chains.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{chain}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+impl fmt::Display for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\tchain {} {{", self.name)?;
+        writeln!(
+            f,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            self.kind, self.hook, self.priority
+        )?;
+        for rule in &self.rules {
+            writeln!(f, "\t\t{rule}")?;
+        }
+        writeln!(f, "\t}}")
+    }
+}
+
+impl fmt::Display for ChainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        })
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Postrouting => "postrouting",
+        })
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Priority::Mangle => "mangle",
+            Priority::DstNat => "dstnat",
+            Priority::SrcNat => "srcnat",
+        })
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.matches {
+            write!(f, "{m} ")?;
+        }
+        for a in &self.actions {
+            write!(f, "{a} ")?;
+        }
+        write!(f, "comment \"{}\"", self.comment)
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
+        })
+    }
+}
+
+impl fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+            L4Proto::Icmp(IpFamily::V4) => "icmp",
+            L4Proto::Icmp(IpFamily::V6) => "icmpv6",
+        })
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Match::InInterface(name) => write!(f, "iifname \"{name}\""),
+            Match::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
+            Match::Source(net) => write!(f, "{} saddr {}", IpFamily::of(net), Prefix(net)),
+            Match::DestinationIn(family, nets) => {
+                write!(f, "{family} daddr ")?;
+                match nets.as_slice() {
+                    [one] => write!(f, "{}", Prefix(one)),
+                    many => {
+                        let list: Vec<String> =
+                            many.iter().map(|n| Prefix(n).to_string()).collect();
+                        write!(f, "{{ {} }}", list.join(", "))
+                    }
+                }
+            }
+            Match::Proto(p) => write!(f, "meta l4proto {p}"),
+            Match::NotProto(p) => write!(f, "meta l4proto != {p}"),
+            Match::TransparentSocket => f.write_str("socket transparent 1"),
+            Match::NotLocalDestination => f.write_str("fib daddr type != local"),
+        }
+    }
+}
+
+/// A network as `nft list` prints it: a single host without `/32` or `/128`.
+struct Prefix<'a>(&'a IpNet);
+
+impl fmt::Display for Prefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Eight hex digits, as `nft list` prints a mark.
+            Action::OrMark(mark) => write!(f, "meta mark set meta mark | {mark:#010x}"),
+            // The family is required in an inet table: nft cannot tell
+            // whether `:P` means an IPv4 or an IPv6 socket.
+            Action::Tproxy(family, port) => write!(f, "tproxy {family} to :{port}"),
+            Action::Redirect(port) => write!(f, "redirect to :{port}"),
+            Action::Masquerade => f.write_str("masquerade"),
+            Action::Accept => f.write_str("accept"),
+            Action::Return => f.write_str("return"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileChecks, VmConfig, load};
+
+    fn config(yaml: &str) -> VmConfig {
+        let base = "name: t\nboot:\n  kernel: /k\n";
+        load("<test>", &format!("{base}{yaml}"), FileChecks::Warn)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
+    }
+
+    fn script(yaml: &str) -> String {
+        plan(&config(yaml)).script()
+    }
+
+    fn chain<'a>(p: &'a FirewallPlan, name: &str) -> Option<&'a Chain> {
+        p.chains.iter().find(|c| c.name == name)
+    }
+
+    const TPROXY_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
+         fib daddr type != local tproxy ip to :9401 meta mark set meta mark | 0x00004000 accept";
+    const SOCKET_RULE: &str = "iifname \"virbr0\" meta l4proto tcp socket transparent 1 \
+         meta mark set meta mark | 0x00004000 accept";
+    const REDIRECT_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
+         fib daddr type != local redirect to :9401";
+    const UDP_MASQ: &str = "ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto udp masquerade";
+    const ICMP_MASQ: &str =
+        "ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto icmp masquerade";
+
+    #[test]
+    fn script_replaces_only_our_table_atomically() {
+        let s = script("");
+        let body: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(body[0], "table inet vmpod {}");
+        assert_eq!(body[1], "delete table inet vmpod");
+        assert_eq!(body[2], "table inet vmpod {");
+        assert_eq!(*body.last().unwrap(), "}");
+        assert!(!s.contains("flush"), "{s}");
+        let tables = body.iter().filter(|l| l.contains("table ")).count();
+        assert_eq!(tables, 3, "{s}");
+    }
+
+    #[test]
+    fn delete_script_removes_the_table() {
+        assert_eq!(FirewallPlan::delete_script(), "delete table inet vmpod\n");
+    }
+
+    #[test]
+    fn tproxy_mode() {
+        let p = plan(&config(""));
+        let s = p.script();
+        let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["egress_tproxy", "egress_masquerade"]);
+        assert!(s.contains("type filter hook prerouting priority mangle; policy accept;"));
+        assert!(s.contains(SOCKET_RULE), "{s}");
+        assert!(s.contains(TPROXY_RULE), "{s}");
+        assert!(s.contains(UDP_MASQ), "{s}");
+        assert!(s.contains(ICMP_MASQ), "{s}");
+        assert!(!s.contains("return"), "no exclusions, no return: {s}");
+        assert!(!s.contains("redirect"), "{s}");
+        // The socket rule comes first: established connections must not
+        // be sent through tproxy again.
+        let t = chain(&p, "egress_tproxy").unwrap();
+        assert_eq!(t.rules[0].matches[2], Match::TransparentSocket);
+    }
+
+    #[test]
+    fn redirect_mode() {
+        let s = script("network:\n  egress:\n    mode: redirect\n");
+        assert!(s.contains("chain egress_redirect {"), "{s}");
+        assert!(s.contains("type nat hook prerouting priority dstnat; policy accept;"));
+        assert!(s.contains(REDIRECT_RULE), "{s}");
+        assert!(!s.contains("tproxy"), "{s}");
+        assert!(!s.contains("socket"), "{s}");
+        assert!(!s.contains("mark"), "{s}");
+        assert!(s.contains(UDP_MASQ), "{s}");
+        assert!(s.contains(ICMP_MASQ), "{s}");
+    }
+
+    #[test]
+    fn kernel_mode_masquerades_everything() {
+        let p = plan(&config("network:\n  egress:\n    mode: kernel\n"));
+        let s = p.script();
+        assert_eq!(p.chains.len(), 1, "{s}");
+        assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
+        assert!(
+            s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
+            "{s}"
+        );
+        for absent in ["tproxy", "redirect", "socket", "mark", "l4proto"] {
+            assert!(!s.contains(absent), "{absent} in {s}");
+        }
+    }
+
+    #[test]
+    fn kernel_mode_with_udp_off_leaves_udp_alone() {
+        let s = script("network:\n  egress:\n    mode: kernel\n    udp: \"off\"\n");
+        assert!(
+            s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto != udp masquerade"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn udp_off_drops_the_udp_masquerade_only() {
+        for mode in ["tproxy", "redirect"] {
+            let s = script(&format!(
+                "network:\n  egress:\n    mode: {mode}\n    udp: \"off\"\n"
+            ));
+            assert!(!s.contains("udp"), "{mode}: {s}");
+            assert!(s.contains(ICMP_MASQ), "{mode}: {s}");
+        }
+    }
+
+    #[test]
+    fn exclusions_return_before_the_proxy_and_are_masqueraded() {
+        for mode in ["tproxy", "redirect"] {
+            let p = plan(&config(&format!(
+                "network:\n  egress:\n    mode: {mode}\n    exclude: [169.254.169.254/32, 10.96.0.0/12, 10.100.0.0/16]\n"
+            )));
+            let s = p.script();
+            // Sorted and merged: 10.100.0.0/16 lies inside 10.96.0.0/12.
+            let set = "ip daddr { 10.96.0.0/12, 169.254.169.254 }";
+            assert!(
+                s.contains(&format!(
+                    "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} return comment"
+                )),
+                "{mode}: {s}"
+            );
+            assert!(
+                s.contains(&format!(
+                    "ip saddr 10.0.1.0/24 oifname != \"virbr0\" {set} meta l4proto tcp masquerade"
+                )),
+                "{mode}: {s}"
+            );
+            let proxy = &p.chains[0];
+            let ret = proxy
+                .rules
+                .iter()
+                .position(|r| r.actions == [Action::Return]);
+            let last = proxy.rules.len() - 1;
+            assert!(ret.is_some_and(|i| i < last), "{mode}: {s}");
+        }
+    }
+
+    #[test]
+    fn a_single_exclusion_is_written_without_a_set() {
+        let s = script("network:\n  egress:\n    exclude: [10.96.0.0/12]\n");
+        assert!(s.contains("ip daddr 10.96.0.0/12 return"), "{s}");
+    }
+
+    #[test]
+    fn fwmark_and_port_come_from_the_config() {
+        let s = script("network:\n  egress:\n    fwmark: 0x8000\n    listen_port: 9500\n");
+        assert!(s.contains("tproxy ip to :9500"), "{s}");
+        assert_eq!(
+            s.matches("meta mark set meta mark | 0x00008000").count(),
+            2,
+            "{s}"
+        );
+        assert!(!s.contains("4000"), "{s}");
+    }
+
+    #[test]
+    fn ipv6_uses_ip6_and_icmpv6() {
+        let s = script(
+            "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  egress:\n    exclude: [fd00:96::/64, fd00:97::/64]\n",
+        );
+        for want in [
+            "iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto tcp fib daddr type != local tproxy ip6 to :9401",
+            "ip6 daddr { fd00:96::/64, fd00:97::/64 } return",
+            "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto udp masquerade",
+            "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto icmpv6 masquerade",
+        ] {
+            assert!(s.contains(want), "missing `{want}` in {s}");
+        }
+        assert!(!s.contains("ip saddr"), "{s}");
+        assert!(!s.contains("tproxy ip to"), "{s}");
+    }
+
+    #[test]
+    fn comments_are_valid_nft_strings() {
+        for yaml in [
+            "",
+            "network:\n  egress:\n    mode: redirect\n    exclude: [10.96.0.0/12]\n",
+            "network:\n  egress:\n    mode: kernel\n    udp: \"off\"\n",
+        ] {
+            for chain in plan(&config(yaml)).chains {
+                for rule in chain.rules {
+                    assert!(!rule.comment.contains('"'), "{}", rule.comment);
+                    assert!(rule.comment.len() <= 128, "too long: {}", rule.comment);
+                }
+            }
+        }
+    }
+}

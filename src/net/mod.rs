@@ -1,0 +1,10 @@
+//! The pod network namespace as vmpod shapes it: the nftables table it owns
+//! (and, in sibling modules, the bridge, sysctls and policy routes).
+//!
+//! Rendering is separate from applying: each module turns the config into a
+//! plan that can be printed and golden-tested without root.
+
+pub mod firewall;
+pub mod nft;
+pub mod route;
+pub mod sysctl;

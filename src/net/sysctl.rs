@@ -1,0 +1,177 @@
+//! The kernel settings the guest's data paths need in the pod's network
+//! namespace, and applying them: a value is written only when it differs, so a
+//! read-only /proc/sys that already holds the right value is not an error.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::VmConfig;
+
+/// One sysctl with the value vmpod needs and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Dotted name, e.g. `net.ipv4.conf.virbr0.rp_filter`.
+    pub key: String,
+    pub value: &'static str,
+    pub why: &'static str,
+}
+
+impl Sysctl {
+    fn new(key: impl Into<String>, value: &'static str, why: &'static str) -> Self {
+        Sysctl {
+            key: key.into(),
+            value,
+            why,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/proc/sys").join(self.key.replace('.', "/"))
+    }
+}
+
+/// The sysctls for `config`, with `tap` the guest's tap once it is known
+/// (rendered as `<tap>` before that).
+pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
+    let bridge = &config.network.bridge;
+    let tap = tap.unwrap_or("<tap>");
+    let v6 = config.network.gateway.addr().is_ipv6();
+    let mut list = vec![if v6 {
+        Sysctl::new(
+            "net.ipv6.conf.all.forwarding",
+            "1",
+            "route the guest's traffic through the pod",
+        )
+    } else {
+        Sysctl::new(
+            "net.ipv4.ip_forward",
+            "1",
+            "route the guest's traffic through the pod",
+        )
+    }];
+    if !v6 {
+        // The kernel uses max(all, iface): both must be 0.
+        for iface in ["all", bridge.as_str(), tap] {
+            list.push(Sysctl::new(
+                format!("net.ipv4.conf.{iface}.rp_filter"),
+                "0",
+                "TPROXY'd packets arrive for addresses that are not routed back the way they came",
+            ));
+        }
+    }
+    for family in ["iptables", "ip6tables", "arptables"] {
+        list.push(Sysctl::new(
+            format!("net.bridge.bridge-nf-call-{family}"),
+            "0",
+            "with bridge netfilter on, guest packets meet the IP hooks at bridge level and TPROXY never delivers them to the listener",
+        ));
+    }
+    list
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    #[error("cannot read {key} ({path}): {source}")]
+    Read {
+        key: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error(
+        "{key} is {current} but vmpod needs {wanted} ({why}), and /proc/sys is read-only here: set it as a pod sysctl (spec.securityContext.sysctls) or grant NET_ADMIN with a writable /proc/sys"
+    )]
+    ReadOnly {
+        key: String,
+        current: String,
+        wanted: String,
+        why: &'static str,
+    },
+    #[error("cannot set {key} to {wanted}: {source}")]
+    Write {
+        key: String,
+        wanted: String,
+        source: io::Error,
+    },
+}
+
+/// Outcome of applying one sysctl.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    AlreadySet,
+    Changed { from: String },
+}
+
+/// Write `s` under `root` (normally `/`) when its current value differs.
+pub fn apply_one(root: &Path, s: &Sysctl) -> Result<Applied, SysctlError> {
+    let path = root.join(s.path().strip_prefix("/").unwrap_or(&s.path()));
+    let current = std::fs::read_to_string(&path).map_err(|source| SysctlError::Read {
+        key: s.key.clone(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    let current = current.trim().to_string();
+    if current == s.value {
+        return Ok(Applied::AlreadySet);
+    }
+    match std::fs::write(&path, s.value) {
+        Ok(()) => Ok(Applied::Changed { from: current }),
+        Err(e) if e.raw_os_error() == Some(libc_erofs()) => Err(SysctlError::ReadOnly {
+            key: s.key.clone(),
+            current,
+            wanted: s.value.to_string(),
+            why: s.why,
+        }),
+        Err(source) => Err(SysctlError::Write {
+            key: s.key.clone(),
+            wanted: s.value.to_string(),
+            source,
+        }),
+    }
+}
+
+const fn libc_erofs() -> i32 {
+    30 // EROFS on Linux
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> VmConfig {
+        crate::config::load(
+            "example",
+            crate::config::EMBEDDED_EXAMPLE,
+            crate::config::FileChecks::Warn,
+        )
+        .expect("example is valid")
+        .config
+    }
+
+    #[test]
+    fn plan_names_bridge_and_tap() {
+        let keys: Vec<_> = plan(&example(), Some("vnet3"))
+            .into_iter()
+            .map(|s| format!("{}={}", s.key, s.value))
+            .collect();
+        assert!(keys.contains(&"net.ipv4.ip_forward=1".to_string()));
+        assert!(keys.contains(&"net.ipv4.conf.virbr0.rp_filter=0".to_string()));
+        assert!(keys.contains(&"net.ipv4.conf.vnet3.rp_filter=0".to_string()));
+        assert!(keys.contains(&"net.bridge.bridge-nf-call-iptables=0".to_string()));
+    }
+
+    #[test]
+    fn a_value_is_written_only_when_it_differs() {
+        let root = std::env::temp_dir().join(format!("vmpod-sysctl-{}", std::process::id()));
+        let s = Sysctl::new("net.ipv4.ip_forward", "1", "test");
+        let file = root.join("proc/sys/net/ipv4/ip_forward");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "0\n").unwrap();
+        assert_eq!(
+            apply_one(&root, &s).unwrap(),
+            Applied::Changed { from: "0".into() }
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1");
+        assert_eq!(apply_one(&root, &s).unwrap(), Applied::AlreadySet);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
