@@ -1,0 +1,5 @@
+#![allow(dead_code)] // each test binary uses a different part of the support code
+
+pub mod golden;
+pub mod guest;
+pub mod sandbox;
