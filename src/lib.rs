@@ -8,3 +8,5 @@ pub mod libvirt;
 pub mod logging;
 pub mod net;
 pub mod plan;
+pub mod preflight;
+pub mod supervisor;

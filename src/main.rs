@@ -2,6 +2,7 @@
 //! prints errors and maps them to exit codes (0 ok, 1 runtime failure,
 //! 2 usage or config error).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,10 +40,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = What::Plan)]
         what: What,
     },
-    /// Boot and supervise the VM (the container's entry point).
+    /// Boot and supervise the VM (the container's entry point). As PID 1 it
+    /// also reaps zombies and forwards signals.
     Run {
         /// The config file (default: the embedded domains/example.yaml).
         #[arg(long, env = "VMPOD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The supervisor that `run` starts under its init; not for direct use.
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
         config: Option<PathBuf>,
     },
 }
@@ -76,13 +84,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file, strict } => check(file, strict),
         Command::Render { file, what } => render(file, what),
-        Command::Run { config } => match load(config.as_deref(), FileChecks::Required) {
-            Ok(_loaded) => {
-                eprintln!("vmpod: run is not implemented yet");
-                ExitCode::from(EXIT_RUNTIME)
-            }
-            Err(e) => config_failure(&e),
-        },
+        Command::Run { config } => run(config),
+        Command::Supervise { config } => supervise(config),
     }
 }
 
@@ -142,4 +145,68 @@ fn render(file: Option<PathBuf>, what: What) -> ExitCode {
         What::Plan => print!("{plan}"),
     }
     ExitCode::SUCCESS
+}
+
+/// PID 1: validate first (exit 2 before anything changes), then run the
+/// supervisor under the init that reaps and forwards signals.
+fn run(config: Option<PathBuf>) -> ExitCode {
+    match load(config.as_deref(), FileChecks::Warn) {
+        Err(e) => return config_failure(&e),
+        // A file the config names but the pod lacks is a runtime fault (the
+        // volume is missing), not a config error.
+        Ok(loaded) if !loaded.warnings.is_empty() => {
+            for w in &loaded.warnings {
+                eprintln!("{}", w.to_string().replacen(": warning: ", ": ", 1));
+            }
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+        Ok(_) => {}
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("vmpod: cannot find its own executable: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let mut args: Vec<OsString> = vec!["supervise".into()];
+    if let Some(path) = config {
+        args.push("--config".into());
+        args.push(path.into());
+    }
+    match vmpod::init::run(exe.into(), args) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
+        Err(e) => {
+            tracing::error!(error = %e, "init failed");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn supervise(config: Option<PathBuf>) -> ExitCode {
+    let loaded = match load(config.as_deref(), FileChecks::Required) {
+        Ok(loaded) => loaded,
+        Err(e) => return config_failure(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmpod: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = runtime.block_on(vmpod::supervisor::run(loaded.config, HostFacts::detect()));
+    // Blocking libvirt calls may still sit on their thread; do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("vmpod: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

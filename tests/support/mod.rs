@@ -3,3 +3,4 @@
 pub mod golden;
 pub mod guest;
 pub mod sandbox;
+pub mod vm;

@@ -1,0 +1,439 @@
+//! The supervisor: boots the guest in order, keeps it and its plumbing
+//! alive, and takes everything down again on SIGTERM.
+//!
+//! Boot: daemons → libvirt connection → bridge → define → start → tap →
+//! network setup → ready. Then one loop watches signals, the guest's state,
+//! the daemons, and the kernel state vmpod owns (reconcile).
+
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{RestartPolicy, VmConfig};
+use crate::host::HostFacts;
+use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
+use crate::libvirt::daemon::{Daemon, DaemonError, DaemonEvent, DaemonSpec, RestartLimit};
+use crate::libvirt::daemon_config;
+use crate::libvirt::guest::{Guest, GuestState};
+use crate::net::firewall;
+use crate::net::link::{LinkError, Netlink};
+use crate::net::nft::{self, NftError};
+use crate::net::route::{self, RouteError};
+use crate::net::sysctl::{self, SysctlError};
+use crate::plan::Plan;
+use crate::preflight::{self, PreflightError};
+
+/// Exit codes of `vmpod run`, beyond 0 (clean), 1 (runtime failure) and 2 (config).
+pub const EXIT_GUEST_FAILED: i32 = 3;
+
+const LIBVIRT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const TAP_TIMEOUT: Duration = Duration::from_secs(60);
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error("cannot render the plan: {0}")]
+    Render(#[from] crate::libvirt::domain::DomainError),
+    #[error("cannot write {path}: {source}")]
+    WriteConfig {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Why the supervisor is stopping, and so its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    GuestDone,
+    GuestFailed,
+    DaemonGaveUp,
+}
+
+impl Stop {
+    fn exit_code(self) -> i32 {
+        match self {
+            Stop::Signal | Stop::GuestDone => 0,
+            Stop::GuestFailed => EXIT_GUEST_FAILED,
+            Stop::DaemonGaveUp => 1,
+        }
+    }
+}
+
+/// What has been set up and so must be taken down, in reverse order.
+#[derive(Default)]
+struct Applied {
+    daemons: Vec<Daemon>,
+    bridge: bool,
+    firewall: bool,
+    route: bool,
+}
+
+pub struct Supervisor {
+    config: VmConfig,
+    plan: Plan,
+    libvirt: Libvirt,
+    guest: Guest,
+    netlink: Option<Netlink>,
+    applied: Applied,
+    tap: Option<String>,
+    started: Instant,
+}
+
+/// Runs the VM until it is told to stop; returns the process exit code.
+pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorError> {
+    let started = Instant::now();
+    // Everything that can fail without side effects goes first.
+    preflight::programs()?;
+    let password = preflight::display_password(&config)?;
+    let plan = Plan::build(&config, &facts, password.as_deref())?;
+    preflight::ports(&plan.listeners, &config)?;
+
+    let libvirt = Libvirt::spawn(SYSTEM_URI);
+    let guest = Guest::new(libvirt.clone(), &config.name);
+    let mut sup = Supervisor {
+        config,
+        plan,
+        libvirt,
+        guest,
+        netlink: None,
+        applied: Applied::default(),
+        tap: None,
+        started,
+    };
+    let (events_tx, events) = mpsc::channel(16);
+    let result = match sup.boot(events_tx).await {
+        Ok(()) => sup.watch(events).await,
+        Err(e) => {
+            tracing::error!(error = %e, "boot failed; undoing what was set up");
+            Err(e)
+        }
+    };
+    let stop = match &result {
+        Ok(stop) => *stop,
+        Err(_) => Stop::DaemonGaveUp,
+    };
+    sup.shutdown(stop).await;
+    result.map(Stop::exit_code)
+}
+
+/// Logs a boot step with its duration.
+async fn step<T, E>(
+    name: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let t = Instant::now();
+    let r = f.await;
+    if r.is_ok() {
+        tracing::info!(
+            step = name,
+            ms = t.elapsed().as_millis() as u64,
+            "boot step done"
+        );
+    }
+    r
+}
+
+impl Supervisor {
+    async fn boot(&mut self, events: mpsc::Sender<DaemonEvent>) -> Result<(), SupervisorError> {
+        step("write daemon config", async { self.write_daemon_config() }).await?;
+        let limit = RestartLimit {
+            max_deaths: self.config.lifecycle.daemon_max_restarts,
+            window: self.config.lifecycle.daemon_restart_window.0,
+        };
+        let virtlogd = step(
+            "start virtlogd",
+            Daemon::start(DaemonSpec::virtlogd(), limit, events.clone()),
+        )
+        .await?;
+        self.applied.daemons.push(virtlogd);
+        let listen = self.config.consoles.libvirt.is_some();
+        let libvirtd = step(
+            "start libvirtd",
+            Daemon::start(DaemonSpec::libvirtd(listen), limit, events),
+        )
+        .await?;
+        self.applied.daemons.push(libvirtd);
+        step(
+            "connect to libvirt",
+            self.libvirt.wait_connected(LIBVIRT_CONNECT_TIMEOUT),
+        )
+        .await?;
+
+        let netlink = Netlink::connect()?;
+        let net = &self.config.network;
+        let mtu = HostFacts::detect().mtu(&self.config);
+        self.applied.bridge = true;
+        step(
+            "create bridge",
+            netlink.ensure_bridge(&net.bridge, net.gateway, mtu),
+        )
+        .await?;
+        self.netlink = Some(netlink);
+
+        let defined = step("define domain", self.guest.define(&self.plan.domain_xml)).await?;
+        tracing::info!(domain = %self.config.name, ?defined, "domain defined");
+        self.start_guest().await?;
+        tracing::info!(
+            ms = self.started.elapsed().as_millis() as u64,
+            tap = self.tap.as_deref().unwrap_or(""),
+            "guest is up: ready"
+        );
+        Ok(())
+    }
+
+    fn write_daemon_config(&self) -> Result<(), SupervisorError> {
+        use std::os::unix::fs::PermissionsExt;
+        for file in daemon_config::files(&self.config) {
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = file.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&file.path, &file.contents)?;
+                std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(file.mode))
+            };
+            write().map_err(|source| SupervisorError::WriteConfig {
+                path: file.path.display().to_string(),
+                source,
+            })?;
+        }
+        for dir in [
+            "/run/libvirt",
+            "/var/lib/libvirt/qemu",
+            "/var/log/libvirt/qemu",
+        ] {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    /// Starts the guest (or adopts a running one), waits for its tap, and
+    /// sets up the network around it.
+    async fn start_guest(&mut self) -> Result<(), SupervisorError> {
+        let old_tap = self.tap.take();
+        match self.guest.state().await? {
+            s if s.is_active() => tracing::info!(state = ?s, "guest already running: adopting it"),
+            _ => step("start domain", self.guest.start()).await?,
+        }
+        let netlink = self.netlink.as_ref().expect("bridge created before start");
+        let port = step(
+            "wait for tap",
+            netlink.wait_for_port_except(
+                &self.config.network.bridge,
+                old_tap.as_deref(),
+                TAP_TIMEOUT,
+            ),
+        )
+        .await?;
+        if old_tap.as_deref() != Some(port.name.as_str()) {
+            tracing::info!(tap = %port.name, "guest tap attached to the bridge");
+        }
+        self.tap = Some(port.name);
+        step("network setup", self.setup_network()).await
+    }
+
+    async fn setup_network(&mut self) -> Result<(), SupervisorError> {
+        for s in sysctl::plan(&self.config, self.tap.as_deref()) {
+            if let sysctl::Applied::Changed { from } =
+                sysctl::apply_one(std::path::Path::new("/"), &s)?
+            {
+                tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
+            }
+        }
+        self.applied.firewall = true;
+        nft::apply(&firewall::plan(&self.config))?;
+        if let Some(r) = &self.plan.policy_route {
+            self.applied.route = true;
+            let nl = self.netlink.as_ref().expect("netlink connected");
+            route::apply(nl, r).await?;
+        }
+        Ok(())
+    }
+
+    async fn watch(
+        &mut self,
+        mut daemon_events: mpsc::Receiver<DaemonEvent>,
+    ) -> Result<Stop, SupervisorError> {
+        let mut term = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?;
+        let mut quit = signal(SignalKind::quit()).map_err(SupervisorError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(SupervisorError::Signals)?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(SupervisorError::Signals)?;
+        let mut guest_tick = tokio::time::interval(WATCH_INTERVAL);
+        let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(Stop::Signal) }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(Stop::Signal) }
+                _ = quit.recv() => { tracing::info!("SIGQUIT: shutting down"); return Ok(Stop::Signal) }
+                _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload; config changes need a restart of the pod"),
+                _ = usr1.recv() => self.log_status().await,
+                _ = usr2.recv() => self.log_status().await,
+                Some(event) = daemon_events.recv() => match event {
+                    DaemonEvent::Restarted { component, pid } => {
+                        tracing::warn!(component, pid, "daemon restarted; the guest keeps running");
+                    }
+                    DaemonEvent::GaveUp(e) => {
+                        tracing::error!(error = %e, "shutting down");
+                        return Ok(Stop::DaemonGaveUp);
+                    }
+                },
+                _ = guest_tick.tick() => {
+                    if let Some(stop) = self.check_guest().await? {
+                        return Ok(stop);
+                    }
+                }
+                _ = reconcile_tick.tick() => self.reconcile().await,
+            }
+        }
+    }
+
+    async fn log_status(&self) {
+        let state = self.guest.state().await;
+        tracing::info!(
+            guest = ?state.ok(),
+            tap = self.tap.as_deref().unwrap_or(""),
+            uptime_s = self.started.elapsed().as_secs(),
+            "status"
+        );
+    }
+
+    /// Applies the restart policy when the guest has stopped.
+    async fn check_guest(&mut self) -> Result<Option<Stop>, SupervisorError> {
+        let state = match self.guest.state().await {
+            Ok(s) => s,
+            Err(e) => {
+                // libvirtd restarting: the guest runs on; ask again later.
+                tracing::debug!(error = %e, "cannot read the guest's state");
+                return Ok(None);
+            }
+        };
+        if state.is_active() {
+            return Ok(None);
+        }
+        let clean = state == GuestState::ShutOffClean;
+        let policy = self.config.lifecycle.restart;
+        tracing::warn!(state = ?state, ?policy, "guest stopped");
+        let restart = match policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !clean,
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            return Ok(Some(if clean {
+                Stop::GuestDone
+            } else {
+                Stop::GuestFailed
+            }));
+        }
+        if state == GuestState::Missing {
+            self.guest.define(&self.plan.domain_xml).await?;
+        }
+        tracing::info!("restarting the guest");
+        self.start_guest().await?;
+        tracing::info!(tap = self.tap.as_deref().unwrap_or(""), "guest restarted");
+        Ok(None)
+    }
+
+    /// Restores kernel state vmpod owns when someone removed it.
+    async fn reconcile(&mut self) {
+        if self.applied.firewall && matches!(nft::table_exists(), Ok(false)) {
+            match nft::apply(&firewall::plan(&self.config)) {
+                Ok(()) => {
+                    tracing::warn!("vmpod's nft table was removed by someone else; restored it")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's nft table"),
+            }
+        }
+        if let (true, Some(r), Some(nl)) =
+            (self.applied.route, &self.plan.policy_route, &self.netlink)
+            && matches!(route::is_present(nl, r).await, Ok(false))
+        {
+            match route::apply(nl, r).await {
+                Ok(()) => tracing::warn!("vmpod's policy rule or route was removed; restored it"),
+                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's policy route"),
+            }
+        }
+    }
+
+    /// Takes everything down, collecting errors rather than stopping at the
+    /// first: a half-torn-down pod is worse than a long log.
+    async fn shutdown(&mut self, stop: Stop) {
+        let t = Instant::now();
+        let grace = self.config.shutdown_grace();
+        if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
+            self.stop_guest(grace).await;
+        }
+        let mut errors: Vec<String> = Vec::new();
+        if self.applied.firewall
+            && let Err(e) = nft::remove()
+        {
+            errors.push(e.to_string());
+        }
+        if let (true, Some(r), Some(nl)) =
+            (self.applied.route, &self.plan.policy_route, &self.netlink)
+            && let Err(e) = route::remove(nl, r).await
+        {
+            errors.push(e.to_string());
+        }
+        if self.applied.bridge
+            && let Some(nl) = &self.netlink
+            && let Err(e) = nl.delete_bridge(&self.config.network.bridge).await
+        {
+            errors.push(e.to_string());
+        }
+        while let Some(daemon) = self.applied.daemons.pop() {
+            daemon.stop().await;
+        }
+        for e in &errors {
+            tracing::error!(error = %e, "teardown step failed");
+        }
+        tracing::info!(
+            ?stop,
+            ms = t.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
+    }
+
+    /// ACPI power button, up to `grace` to power off, then destroy.
+    async fn stop_guest(&self, grace: Duration) {
+        tracing::info!(?grace, "asking the guest to power off (ACPI)");
+        if let Err(e) = self.guest.shutdown().await {
+            tracing::warn!(error = %e, "ACPI shutdown request failed");
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.guest.state().await, Ok(s) if !s.is_active()) {
+                tracing::info!("guest powered off");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!(
+            ?grace,
+            "guest still running after the grace period: destroying it"
+        );
+        if let Err(e) = self.guest.destroy().await {
+            tracing::error!(error = %e, "cannot destroy the guest");
+        }
+    }
+}

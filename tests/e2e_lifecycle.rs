@@ -1,0 +1,287 @@
+//! End to end: vmpod as PID 1 of a pod sandbox boots the real test guest
+//! under libvirt (TCG) and manages its whole lifecycle. Needs root, libvirt
+//! and qemu; fails (never skips) when they are missing.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::sandbox::{CLUSTER_IP, POD_IP};
+use support::vm::{
+    GUEST_IP, RunningVm, example_config, machine_leftovers, process_exists, start_vmpod,
+};
+
+const STOP_BOUND_SLACK: Duration = Duration::from_secs(15);
+
+fn kernel_mode(text: String) -> String {
+    text.replace("mode: tproxy", "mode: kernel")
+}
+
+/// A web server in the cluster namespace that logs client addresses.
+fn cluster_http_server(vm: &RunningVm) -> (Child, std::path::PathBuf) {
+    let dir = vm.sandbox.state.join("www");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello from the cluster\n").unwrap();
+    let log = vm.sandbox.state.join("cluster-http.log");
+    let child = vm
+        .sandbox
+        .in_cluster(&[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            CLUSTER_IP,
+            "8080",
+            "--directory",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start cluster web server");
+    (child, log)
+}
+
+fn fetch_via_guest(vm: &RunningVm, url: &str) -> Option<String> {
+    let encoded: String = url
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    vm.curl_from_pod(&format!(
+        "http://{GUEST_IP}:9080/cgi-bin/fetch?url={encoded}"
+    ))
+}
+
+fn stop_and_expect(vm: &mut RunningVm, grace: Duration, code: i32) -> Duration {
+    let t = Instant::now();
+    vm.sandbox.signal_pid1(Signal::SIGTERM);
+    let exit = vm.sandbox.wait_pid1(grace + STOP_BOUND_SLACK);
+    let took = t.elapsed();
+    assert_eq!(
+        exit,
+        Some(code),
+        "vmpod should exit {code} within {:?} of SIGTERM (took {took:?})\n{}",
+        grace + STOP_BOUND_SLACK,
+        vm.sandbox.logs()
+    );
+    took
+}
+
+#[test]
+fn boots_serves_http_reaches_the_cluster_and_stops_gracefully() {
+    let mut vm = start_vmpod("boot", &example_config(kernel_mode));
+    let name = vm.sandbox.name.clone();
+    let hello = vm.wait_guest_http();
+    assert!(
+        hello.contains("vmpod-test-guest"),
+        "unexpected answer: {hello}"
+    );
+
+    // Egress: the guest fetches from a cluster server, which sees the pod's address.
+    let (mut server, server_log) = cluster_http_server(&vm);
+    let url = format!("http://{CLUSTER_IP}:8080/hello.txt");
+    let body = vm
+        .sandbox
+        .wait_for("a fetch through the guest", Duration::from_secs(20), || {
+            fetch_via_guest(&vm, &url)
+        });
+    assert_eq!(body, "hello from the cluster\n");
+    let seen = std::fs::read_to_string(&server_log).unwrap();
+    assert!(
+        seen.contains(POD_IP),
+        "the cluster server should see the pod's IP {POD_IP}:\n{seen}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let qemu = vm.qemu_pid().expect("qemu runs");
+    let libvirtd = vm.daemon_pid("libvirtd").expect("libvirtd runs");
+    stop_and_expect(&mut vm, Duration::from_secs(30), 0);
+    let logs = vm.sandbox.logs();
+    assert!(
+        logs.contains("guest powered off"),
+        "the guest should power off through ACPI:\n{logs}"
+    );
+    assert!(!process_exists(qemu), "qemu outlived vmpod");
+    assert!(!process_exists(libvirtd), "libvirtd outlived vmpod");
+    let leftovers = vm.pod_leftovers();
+    assert!(
+        !leftovers.contains("table inet vmpod"),
+        "nft table left behind:\n{leftovers}"
+    );
+    assert!(
+        !leftovers.contains("lookup 4000"),
+        "policy rule left behind:\n{leftovers}"
+    );
+    assert!(
+        !leftovers.contains("virbr0"),
+        "bridge left behind:\n{leftovers}"
+    );
+    drop(vm);
+    assert_eq!(
+        machine_leftovers(&name),
+        Vec::<String>::new(),
+        "the sandbox left things on the machine"
+    );
+}
+
+#[test]
+fn a_guest_that_ignores_acpi_is_destroyed_after_the_grace_period() {
+    let grace = Duration::from_secs(5);
+    let config = example_config(|t| {
+        kernel_mode(t)
+            .replace(
+                "vmpod.name=example",
+                "vmpod.name=example vmpod.ignore_acpi=1",
+            )
+            .replace("shutdown_grace: 30s", "shutdown_grace: 5s")
+    });
+    let mut vm = start_vmpod("acpi", &config);
+    vm.wait_guest_http();
+    let took = stop_and_expect(&mut vm, grace, 0);
+    assert!(
+        took >= grace,
+        "vmpod should wait the grace period ({grace:?}) first, took {took:?}"
+    );
+    let logs = vm.sandbox.logs();
+    assert!(
+        logs.contains("destroying it"),
+        "the guest should be destroyed after the grace:\n{logs}"
+    );
+}
+
+#[test]
+fn a_killed_qemu_is_restarted_with_restart_always() {
+    let vm = start_vmpod("qemukill", &example_config(kernel_mode));
+    vm.wait_guest_http();
+    let first = vm.qemu_pid().expect("qemu runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    vm.sandbox
+        .wait_for("qemu to come back", Duration::from_secs(60), || {
+            vm.qemu_pid().filter(|p| *p != first)
+        });
+    vm.wait_guest_http();
+    assert!(
+        vm.sandbox.logs().contains("guest restarted"),
+        "{}",
+        vm.sandbox.logs()
+    );
+}
+
+#[test]
+fn a_killed_qemu_ends_vmpod_with_restart_never() {
+    let config = example_config(|t| kernel_mode(t).replace("restart: always", "restart: never"));
+    let mut vm = start_vmpod("never", &config);
+    vm.wait_guest_http();
+    let qemu = vm.qemu_pid().expect("qemu runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu), Signal::SIGKILL).unwrap();
+    let code = vm.sandbox.wait_pid1(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(3),
+        "a failed guest under `never` exits 3\n{}",
+        vm.sandbox.logs()
+    );
+}
+
+#[test]
+fn a_killed_libvirtd_is_restarted_and_the_guest_keeps_running() {
+    let vm = start_vmpod("libvirtd", &example_config(kernel_mode));
+    vm.wait_guest_http();
+    let qemu = vm.qemu_pid().expect("qemu runs");
+    let libvirtd = vm.daemon_pid("libvirtd").expect("libvirtd runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(libvirtd), Signal::SIGKILL).unwrap();
+    vm.sandbox
+        .wait_for("a new libvirtd", Duration::from_secs(30), || {
+            vm.daemon_pid("libvirtd").filter(|p| *p != libvirtd)
+        });
+    // The guest never stopped: same qemu, still serving.
+    vm.wait_guest_http();
+    assert_eq!(
+        vm.qemu_pid(),
+        Some(qemu),
+        "qemu must survive a libvirtd restart"
+    );
+    // And vmpod still talks to the new libvirtd: the domain is listed.
+    vm.sandbox
+        .wait_for("virsh to see the domain", Duration::from_secs(20), || {
+            let out = vm
+                .sandbox
+                .in_sandbox(&["virsh", "-c", "qemu:///system", "domstate", "example"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("running")
+                .then_some(())
+        });
+    assert!(
+        vm.sandbox.logs().contains("daemon restarted"),
+        "{}",
+        vm.sandbox.logs()
+    );
+}
+
+#[test]
+fn orphans_in_the_pod_are_reaped() {
+    let vm = start_vmpod("zombies", &example_config(kernel_mode));
+    vm.wait_guest_http();
+    // 50 orphans at once: each `sh -c '... &'` exits at once, so its
+    // sleeping child is re-parented to PID 1 and exits shortly after.
+    let status = vm
+        .sandbox
+        .in_sandbox(&[
+            "sh",
+            "-c",
+            "for i in $(seq 50); do sh -c 'sleep 0.2 &'; done",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(vm.zombies(), Vec::<i32>::new(), "zombies left in the pod");
+}
+
+#[test]
+fn runtime_faults_fail_with_one_clear_line_and_exit_1() {
+    support::vm::require_e2e();
+    let vmpod = env!("CARGO_BIN_EXE_vmpod");
+    let dir = std::env::temp_dir().join(format!("vmpod-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing_kernel = dir.join("missing-kernel.yaml");
+    std::fs::write(
+        &missing_kernel,
+        "name: vm\nboot:\n  kernel: /nonexistent/vmlinuz\nnetwork:\n  egress:\n    mode: kernel\n",
+    )
+    .unwrap();
+    let out = Command::new(vmpod)
+        .args(["run", "--config"])
+        .arg(&missing_kernel)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("boot.kernel") && err.contains("/nonexistent/vmlinuz"),
+        "{err}"
+    );
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: vm\ncpus: many\n").unwrap();
+    let out = Command::new(vmpod)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
