@@ -9,4 +9,5 @@ pub mod logging;
 pub mod net;
 pub mod plan;
 pub mod preflight;
+pub mod relay;
 pub mod supervisor;

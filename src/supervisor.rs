@@ -23,6 +23,7 @@ use crate::net::route::{self, RouteError};
 use crate::net::sysctl::{self, SysctlError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
+use crate::relay::running::Relays;
 
 /// Exit codes of `vmpod run`, beyond 0 (clean), 1 (runtime failure) and 2 (config).
 pub const EXIT_GUEST_FAILED: i32 = 3;
@@ -55,6 +56,8 @@ pub enum SupervisorError {
     Nft(#[from] NftError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Listen(#[from] crate::relay::running::ListenError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -94,6 +97,7 @@ pub struct Supervisor {
     guest: Guest,
     netlink: Option<Netlink>,
     applied: Applied,
+    relays: Option<Relays>,
     tap: Option<String>,
     started: Instant,
 }
@@ -116,6 +120,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         guest,
         netlink: None,
         applied: Applied::default(),
+        relays: None,
         tap: None,
         started,
     };
@@ -192,6 +197,9 @@ impl Supervisor {
         let defined = step("define domain", self.guest.define(&self.plan.domain_xml)).await?;
         tracing::info!(domain = %self.config.name, ?defined, "domain defined");
         self.start_guest().await?;
+        // Listeners open only once the guest is up: until then a client is
+        // refused rather than held.
+        self.relays = Some(step("open relays", async { Relays::start(&self.config) }).await?);
         tracing::info!(
             ms = self.started.elapsed().as_millis() as u64,
             tap = self.tap.as_deref().unwrap_or(""),
@@ -380,6 +388,11 @@ impl Supervisor {
     async fn shutdown(&mut self, stop: Stop) {
         let t = Instant::now();
         let grace = self.config.shutdown_grace();
+        // Listeners close first: no new connection is accepted for a guest
+        // that is going away.
+        if let Some(relays) = self.relays.take() {
+            relays.stop().await;
+        }
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
             self.stop_guest(grace).await;
         }

@@ -1,0 +1,115 @@
+//! The accept loop both relays share: a connection limit, a destination
+//! chosen per connection, an upstream connect with a timeout, then the
+//! byte pump. One connection's failure never touches another's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::copy::{self, Ended, Timeouts};
+use super::socket;
+use super::stats::{ActiveGuard, RelayStats};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub max_connections: u32,
+}
+
+/// Decides where an accepted connection goes, or refuses it (with why).
+pub trait Destination: Send + Sync + 'static {
+    fn destination(&self, client: &TcpStream) -> Result<SocketAddr, String>;
+}
+
+/// Serves `listener` until `shutdown` turns true. Connections in flight are
+/// left to finish on their own tasks.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    dest: Arc<dyn Destination>,
+    settings: ProxySettings,
+    stats: Arc<RelayStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(settings.max_connections as usize));
+    loop {
+        let (client, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(relay = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        RelayStats::add(&stats.accepted, 1);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            RelayStats::add(&stats.refused, 1);
+            tracing::debug!(relay = name, %peer, "connection limit reached: refused");
+            socket::abort(client);
+            continue;
+        };
+        let target = match dest.destination(&client) {
+            Ok(t) => t,
+            Err(why) => {
+                RelayStats::add(&stats.refused, 1);
+                tracing::warn!(relay = name, %peer, reason = %why, "connection refused");
+                socket::abort(client);
+                continue;
+            }
+        };
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _active = ActiveGuard::new(&stats);
+            handle(name, client, peer, target, settings, &stats).await;
+        });
+    }
+}
+
+async fn handle(
+    name: &'static str,
+    client: TcpStream,
+    peer: SocketAddr,
+    target: SocketAddr,
+    settings: ProxySettings,
+    stats: &RelayStats,
+) {
+    let upstream = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            RelayStats::add(&stats.upstream_failed, 1);
+            tracing::debug!(relay = name, %peer, %target, error = %e, "upstream connect failed");
+            socket::abort(client);
+            return;
+        }
+        Err(_) => {
+            RelayStats::add(&stats.upstream_failed, 1);
+            tracing::debug!(relay = name, %peer, %target, "upstream connect timed out");
+            socket::abort(client);
+            return;
+        }
+    };
+    tracing::debug!(relay = name, %peer, %target, "relaying");
+    let ended = copy::relay(
+        client,
+        upstream,
+        settings.timeouts,
+        &stats.bytes_out,
+        &stats.bytes_in,
+    )
+    .await;
+    tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
+    if let Ended::Failed(_) = ended {
+        RelayStats::add(&stats.upstream_failed, 0);
+    }
+}
