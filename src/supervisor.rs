@@ -16,11 +16,7 @@ use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
 use crate::libvirt::daemon::{Daemon, DaemonError, DaemonEvent, DaemonSpec, RestartLimit};
 use crate::libvirt::daemon_config;
 use crate::libvirt::guest::{Guest, GuestState};
-use crate::net::firewall;
-use crate::net::link::{LinkError, Netlink};
-use crate::net::nft::{self, NftError};
-use crate::net::route::{self, RouteError};
-use crate::net::sysctl::{self, SysctlError};
+use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
 use crate::relay::running::Relays;
@@ -49,13 +45,7 @@ pub enum SupervisorError {
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
     #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error(transparent)]
-    Sysctl(#[from] SysctlError),
-    #[error(transparent)]
-    Nft(#[from] NftError),
-    #[error(transparent)]
-    Route(#[from] RouteError),
+    Network(#[from] SetupError),
     #[error(transparent)]
     Listen(#[from] crate::relay::running::ListenError),
     #[error("cannot set up signal handling: {0}")]
@@ -81,22 +71,14 @@ impl Stop {
     }
 }
 
-/// What has been set up and so must be taken down, in reverse order.
-#[derive(Default)]
-struct Applied {
-    daemons: Vec<Daemon>,
-    bridge: bool,
-    firewall: bool,
-    route: bool,
-}
-
 pub struct Supervisor {
     config: VmConfig,
     plan: Plan,
     libvirt: Libvirt,
     guest: Guest,
-    netlink: Option<Netlink>,
-    applied: Applied,
+    network: Option<NetworkSetup>,
+    /// Started daemons, stopped in reverse order.
+    daemons: Vec<Daemon>,
     relays: Option<Relays>,
     tap: Option<String>,
     started: Instant,
@@ -118,8 +100,8 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         plan,
         libvirt,
         guest,
-        netlink: None,
-        applied: Applied::default(),
+        network: None,
+        daemons: Vec::new(),
         relays: None,
         tap: None,
         started,
@@ -169,30 +151,23 @@ impl Supervisor {
             Daemon::start(DaemonSpec::virtlogd(), limit, events.clone()),
         )
         .await?;
-        self.applied.daemons.push(virtlogd);
+        self.daemons.push(virtlogd);
         let listen = self.config.consoles.libvirt.is_some();
         let libvirtd = step(
             "start libvirtd",
             Daemon::start(DaemonSpec::libvirtd(listen), limit, events),
         )
         .await?;
-        self.applied.daemons.push(libvirtd);
+        self.daemons.push(libvirtd);
         step(
             "connect to libvirt",
             self.libvirt.wait_connected(LIBVIRT_CONNECT_TIMEOUT),
         )
         .await?;
 
-        let netlink = Netlink::connect()?;
-        let net = &self.config.network;
         let mtu = HostFacts::detect().mtu(&self.config);
-        self.applied.bridge = true;
-        step(
-            "create bridge",
-            netlink.ensure_bridge(&net.bridge, net.gateway, mtu),
-        )
-        .await?;
-        self.netlink = Some(netlink);
+        let network = self.network.insert(NetworkSetup::new(&self.config)?);
+        step("create bridge", network.bridge(mtu)).await?;
 
         let defined = step("define domain", self.guest.define(&self.plan.domain_xml)).await?;
         tracing::info!(domain = %self.config.name, ?defined, "domain defined");
@@ -241,38 +216,17 @@ impl Supervisor {
             s if s.is_active() => tracing::info!(state = ?s, "guest already running: adopting it"),
             _ => step("start domain", self.guest.start()).await?,
         }
-        let netlink = self.netlink.as_ref().expect("bridge created before start");
+        let network = self.network.as_mut().expect("bridge created before start");
         let port = step(
             "wait for tap",
-            netlink.wait_for_port_except(
-                &self.config.network.bridge,
-                old_tap.as_deref(),
-                TAP_TIMEOUT,
-            ),
+            network.wait_for_tap(old_tap.as_deref(), TAP_TIMEOUT),
         )
         .await?;
         if old_tap.as_deref() != Some(port.name.as_str()) {
             tracing::info!(tap = %port.name, "guest tap attached to the bridge");
         }
+        step("network setup", network.per_tap(&port.name)).await?;
         self.tap = Some(port.name);
-        step("network setup", self.setup_network()).await
-    }
-
-    async fn setup_network(&mut self) -> Result<(), SupervisorError> {
-        for s in sysctl::plan(&self.config, self.tap.as_deref()) {
-            if let sysctl::Applied::Changed { from } =
-                sysctl::apply_one(std::path::Path::new("/"), &s)?
-            {
-                tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
-            }
-        }
-        self.applied.firewall = true;
-        nft::apply(&firewall::plan(&self.config))?;
-        if let Some(r) = &self.plan.policy_route {
-            self.applied.route = true;
-            let nl = self.netlink.as_ref().expect("netlink connected");
-            route::apply(nl, r).await?;
-        }
         Ok(())
     }
 
@@ -364,22 +318,8 @@ impl Supervisor {
 
     /// Restores kernel state vmpod owns when someone removed it.
     async fn reconcile(&mut self) {
-        if self.applied.firewall && matches!(nft::table_exists(), Ok(false)) {
-            match nft::apply(&firewall::plan(&self.config)) {
-                Ok(()) => {
-                    tracing::warn!("vmpod's nft table was removed by someone else; restored it")
-                }
-                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's nft table"),
-            }
-        }
-        if let (true, Some(r), Some(nl)) =
-            (self.applied.route, &self.plan.policy_route, &self.netlink)
-            && matches!(route::is_present(nl, r).await, Ok(false))
-        {
-            match route::apply(nl, r).await {
-                Ok(()) => tracing::warn!("vmpod's policy rule or route was removed; restored it"),
-                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's policy route"),
-            }
+        if let Some(network) = &self.network {
+            network.reconcile().await;
         }
     }
 
@@ -396,25 +336,11 @@ impl Supervisor {
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
             self.stop_guest(grace).await;
         }
-        let mut errors: Vec<String> = Vec::new();
-        if self.applied.firewall
-            && let Err(e) = nft::remove()
-        {
-            errors.push(e.to_string());
-        }
-        if let (true, Some(r), Some(nl)) =
-            (self.applied.route, &self.plan.policy_route, &self.netlink)
-            && let Err(e) = route::remove(nl, r).await
-        {
-            errors.push(e.to_string());
-        }
-        if self.applied.bridge
-            && let Some(nl) = &self.netlink
-            && let Err(e) = nl.delete_bridge(&self.config.network.bridge).await
-        {
-            errors.push(e.to_string());
-        }
-        while let Some(daemon) = self.applied.daemons.pop() {
+        let errors = match &mut self.network {
+            Some(network) => network.teardown().await,
+            None => Vec::new(),
+        };
+        while let Some(daemon) = self.daemons.pop() {
             daemon.stop().await;
         }
         for e in &errors {

@@ -8,4 +8,5 @@ pub mod firewall;
 pub mod link;
 pub mod nft;
 pub mod route;
+pub mod setup;
 pub mod sysctl;
