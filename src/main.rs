@@ -205,7 +205,6 @@ fn supervise(config: Option<PathBuf>) -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("vmpod: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }

@@ -23,6 +23,8 @@ pub enum PreflightError {
         field: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sysctl(#[from] crate::net::sysctl::SysctlError),
     #[error("{field}: {path} is empty; put the password in it")]
     EmptySecret { field: &'static str, path: String },
     #[error("{field}: cannot read {path}: {source}")]
@@ -118,4 +120,17 @@ pub fn display_password(config: &VmConfig) -> Result<Option<String>, PreflightEr
         });
     }
     Ok(Some(password))
+}
+
+/// The namespace-wide sysctls must hold their value or be settable; the
+/// per-interface ones are checked when their interface exists.
+pub fn sysctls(config: &VmConfig) -> Result<(), PreflightError> {
+    let bridge = format!(".{}.", config.network.bridge);
+    for s in crate::net::sysctl::plan(config, None) {
+        if s.key.contains("<tap>") || s.key.contains(&bridge) {
+            continue;
+        }
+        crate::net::sysctl::check_settable(Path::new("/"), &s)?;
+    }
+    Ok(())
 }

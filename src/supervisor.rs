@@ -92,6 +92,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     let password = preflight::display_password(&config)?;
     let plan = Plan::build(&config, &facts, password.as_deref())?;
     preflight::ports(&plan.listeners, &config)?;
+    preflight::sysctls(&config)?;
 
     let libvirt = Libvirt::spawn(SYSTEM_URI);
     let guest = Guest::new(libvirt.clone(), &config.name);

@@ -285,3 +285,74 @@ fn runtime_faults_fail_with_one_clear_line_and_exit_1() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// vmpod in a fresh sandbox, with `prelude` run by the sandbox's shell first;
+/// expects exit 1 and returns the log. Nothing may be left in the pod.
+fn run_expecting_failure(test: &str, prelude: &str, config: &str) -> String {
+    support::vm::require_e2e();
+    support::guest::ensure_built();
+    let mut sandbox = support::sandbox::Sandbox::new(test);
+    let path = sandbox.state.join("vm.yaml");
+    std::fs::write(&path, config).unwrap();
+    let script = format!(
+        "{prelude}\nexec {} run --config {}",
+        env!("CARGO_BIN_EXE_vmpod"),
+        path.display()
+    );
+    sandbox.start_pid1(&["sh", "-c", &script], &[]);
+    let code = sandbox.wait_pid1(Duration::from_secs(60));
+    let logs = sandbox.logs();
+    assert_eq!(code, Some(1), "expected exit 1:\n{logs}");
+    let leftovers =
+        output_of(sandbox.in_pod(&["sh", "-c", "nft list ruleset; ip -br link; ip rule"]));
+    assert!(
+        !leftovers.contains("vmpod")
+            && !leftovers.contains("virbr0")
+            && !leftovers.contains("lookup 4000"),
+        "a failed start must leave nothing behind:\n{leftovers}"
+    );
+    logs
+}
+
+fn output_of(mut cmd: Command) -> String {
+    support::sandbox::output_text(&cmd.output().expect("run"))
+}
+
+#[test]
+fn an_occupied_port_fails_naming_the_port_and_field() {
+    // Something else of the pod already listens on the ingress port.
+    let logs = run_expecting_failure(
+        "busyport",
+        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"0.0.0.0\",9080)); s.listen(); time.sleep(600)' &\nsleep 0.5",
+        &example_config(|t| t),
+    );
+    assert!(
+        logs.contains("port 9080")
+            && logs.contains("network.ingress[0].port")
+            && logs.contains("in use"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("daemon ready"),
+        "nothing may start before the check:\n{logs}"
+    );
+}
+
+#[test]
+fn a_read_only_proc_sys_with_a_wrong_value_fails_clearly() {
+    // A fresh network namespace has ip_forward=0; make /proc/sys read-only
+    // as a container runtime does.
+    let logs = run_expecting_failure(
+        "rosysctl",
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+        &example_config(|t| t),
+    );
+    assert!(
+        logs.contains("net.ipv4.ip_forward is 0 but vmpod needs 1") && logs.contains("read-only"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("daemon ready"),
+        "nothing may start before the check:\n{logs}"
+    );
+}

@@ -104,12 +104,9 @@ pub enum Applied {
 /// Write `s` under `root` (normally `/`) when its current value differs.
 pub fn apply_one(root: &Path, s: &Sysctl) -> Result<Applied, SysctlError> {
     let path = root.join(s.path().strip_prefix("/").unwrap_or(&s.path()));
-    let current = std::fs::read_to_string(&path).map_err(|source| SysctlError::Read {
-        key: s.key.clone(),
-        path: path.display().to_string(),
-        source,
-    })?;
-    let current = current.trim().to_string();
+    let Some(current) = current_value(&path, s)? else {
+        return Ok(Applied::AlreadySet);
+    };
     if current == s.value {
         return Ok(Applied::AlreadySet);
     }
@@ -124,6 +121,49 @@ pub fn apply_one(root: &Path, s: &Sysctl) -> Result<Applied, SysctlError> {
         Err(source) => Err(SysctlError::Write {
             key: s.key.clone(),
             wanted: s.value.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Checks, without writing, that `s` holds its value or can be set: the
+/// preflight for a read-only /proc/sys.
+pub fn check_settable(root: &Path, s: &Sysctl) -> Result<(), SysctlError> {
+    let path = root.join(s.path().strip_prefix("/").unwrap_or(&s.path()));
+    let Some(current) = current_value(&path, s)? else {
+        return Ok(());
+    };
+    if current == s.value {
+        return Ok(());
+    }
+    match nix::unistd::access(&path, nix::unistd::AccessFlags::W_OK) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EROFS) => Err(SysctlError::ReadOnly {
+            key: s.key.clone(),
+            current,
+            wanted: s.value.to_string(),
+            why: s.why,
+        }),
+        Err(e) => Err(SysctlError::Write {
+            key: s.key.clone(),
+            wanted: s.value.to_string(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// The current value; `None` for a bridge-netfilter key that does not exist
+/// (br_netfilter not loaded: bridged packets never meet the IP hooks, which
+/// is what the setting asks for).
+fn current_value(path: &Path, s: &Sysctl) -> Result<Option<String>, SysctlError> {
+    match std::fs::read_to_string(path) {
+        Ok(v) => Ok(Some(v.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && s.key.starts_with("net.bridge.") => {
+            Ok(None)
+        }
+        Err(source) => Err(SysctlError::Read {
+            key: s.key.clone(),
+            path: path.display().to_string(),
             source,
         }),
     }
