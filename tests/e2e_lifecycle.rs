@@ -4,57 +4,17 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::sandbox::{CLUSTER_IP, POD_IP};
-use support::vm::{
-    GUEST_IP, RunningVm, example_config, machine_leftovers, process_exists, start_vmpod,
-};
+use support::vm::{RunningVm, example_config, machine_leftovers, process_exists, start_vmpod};
 
 const STOP_BOUND_SLACK: Duration = Duration::from_secs(15);
 
 fn kernel_mode(text: String) -> String {
     text.replace("mode: tproxy", "mode: kernel")
-}
-
-/// A web server in the cluster namespace that logs client addresses.
-fn cluster_http_server(vm: &RunningVm) -> (Child, std::path::PathBuf) {
-    let dir = vm.sandbox.state.join("www");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "hello from the cluster\n").unwrap();
-    let log = vm.sandbox.state.join("cluster-http.log");
-    let child = vm
-        .sandbox
-        .in_cluster(&[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            CLUSTER_IP,
-            "8080",
-            "--directory",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start cluster web server");
-    (child, log)
-}
-
-fn fetch_via_guest(vm: &RunningVm, url: &str) -> Option<String> {
-    let encoded: String = url
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    vm.curl_from_pod(&format!(
-        "http://{GUEST_IP}:9080/cgi-bin/fetch?url={encoded}"
-    ))
 }
 
 fn stop_and_expect(vm: &mut RunningVm, grace: Duration, code: i32) -> Duration {
@@ -83,12 +43,12 @@ fn boots_serves_http_reaches_the_cluster_and_stops_gracefully() {
     );
 
     // Egress: the guest fetches from a cluster server, which sees the pod's address.
-    let (mut server, server_log) = cluster_http_server(&vm);
+    let (server, server_log) = vm.cluster_http_server("hello from the cluster\n");
     let url = format!("http://{CLUSTER_IP}:8080/hello.txt");
     let body = vm
         .sandbox
         .wait_for("a fetch through the guest", Duration::from_secs(20), || {
-            fetch_via_guest(&vm, &url)
+            vm.fetch_via_guest(&url)
         });
     assert_eq!(body, "hello from the cluster\n");
     let seen = std::fs::read_to_string(&server_log).unwrap();
@@ -96,8 +56,7 @@ fn boots_serves_http_reaches_the_cluster_and_stops_gracefully() {
         seen.contains(POD_IP),
         "the cluster server should see the pod's IP {POD_IP}:\n{seen}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     let qemu = vm.qemu_pid().expect("qemu runs");
     let libvirtd = vm.daemon_pid("libvirtd").expect("libvirtd runs");

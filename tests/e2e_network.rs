@@ -4,24 +4,10 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::sandbox::{CLUSTER_IP, POD_IP};
-use support::vm::{GUEST_IP, RunningVm, example_config, start_vmpod};
-
-fn fetch_via_guest(vm: &RunningVm, url: &str) -> Option<String> {
-    let encoded: String = url
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    vm.curl_from_pod(&format!(
-        "http://{GUEST_IP}:9080/cgi-bin/fetch?url={encoded}&timeout=5"
-    ))
-}
+use support::vm::{GUEST_IP, example_config, start_vmpod};
 
 /// The guest fetches from a cluster server; the server must see the pod's
 /// address. In the proxy modes guest TCP is not masqueraded, so only a
@@ -32,34 +18,14 @@ fn egress_reaches_the_cluster_as_the_pod(mode: &str) {
         &example_config(|t| t.replace("mode: tproxy", &format!("mode: {mode}"))),
     );
     vm.wait_guest_http();
-    let dir = vm.sandbox.state.join("www");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), format!("hello via {mode}\n")).unwrap();
-    let log = vm.sandbox.state.join("cluster-http.log");
-    let mut server = vm
-        .sandbox
-        .in_cluster(&[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            CLUSTER_IP,
-            "8080",
-            "--directory",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (server, log) = vm.cluster_http_server(&format!("hello via {mode}\n"));
     let url = format!("http://{CLUSTER_IP}:8080/hello.txt");
     let body = vm.sandbox.wait_for(
         "a fetch through the egress proxy",
         Duration::from_secs(30),
-        || fetch_via_guest(&vm, &url),
+        || vm.fetch_via_guest(&url),
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(body, format!("hello via {mode}\n"));
     let seen = std::fs::read_to_string(&log).unwrap();
     assert!(

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::guest::{VmSlot, ensure_built, vm_slot};
-use super::sandbox::{Sandbox, output_text, require};
+use super::sandbox::{CLUSTER_IP, Sandbox, output_text, require};
 
 pub const GUEST_IP: &str = "10.0.1.2";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,6 +40,11 @@ pub struct RunningVm {
 
 /// Starts `vmpod run --config` with `config` as PID 1 of a new sandbox.
 pub fn start_vmpod(test: &str, config: &str) -> RunningVm {
+    start_vmpod_with_env(test, config, &[("RUST_LOG", "info")])
+}
+
+/// Like [`start_vmpod`], with `env` (e.g. `LOG_FORMAT`, `RUST_LOG`) for vmpod.
+pub fn start_vmpod_with_env(test: &str, config: &str, env: &[(&str, &str)]) -> RunningVm {
     require_e2e();
     ensure_built();
     let slot = vm_slot();
@@ -48,7 +53,7 @@ pub fn start_vmpod(test: &str, config: &str) -> RunningVm {
     std::fs::write(&config_path, config).expect("write config");
     let vmpod = env!("CARGO_BIN_EXE_vmpod");
     let path = config_path.to_str().expect("utf-8 path").to_string();
-    sandbox.start_pid1(&[vmpod, "run", "--config", &path], &[("RUST_LOG", "info")]);
+    sandbox.start_pid1(&[vmpod, "run", "--config", &path], env);
     RunningVm {
         sandbox,
         config_path,
@@ -67,6 +72,41 @@ impl RunningVm {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Has the guest itself fetch `url` (its /cgi-bin/fetch); Some(body) on success.
+    pub fn fetch_via_guest(&self, url: &str) -> Option<String> {
+        self.curl_from_pod(&format!(
+            "http://{GUEST_IP}:9080/cgi-bin/fetch?url={}&timeout=5",
+            url_encode(url)
+        ))
+    }
+
+    /// A web server in the cluster namespace on CLUSTER_IP:8080 serving
+    /// `hello.txt` with `content`; it logs client addresses to the returned
+    /// file. Killed when the returned server is dropped.
+    pub fn cluster_http_server(&self, content: &str) -> (ClusterServer, PathBuf) {
+        let dir = self.sandbox.state.join("www");
+        std::fs::create_dir_all(&dir).expect("create www dir");
+        std::fs::write(dir.join("hello.txt"), content).expect("write hello.txt");
+        let log = self.sandbox.state.join("cluster-http.log");
+        let child = self
+            .sandbox
+            .in_cluster(&[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                CLUSTER_IP,
+                "8080",
+                "--directory",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create server log"))
+            .spawn()
+            .expect("start the cluster web server");
+        (ClusterServer(child), log)
     }
 
     /// Waits until the guest's HTTP server answers from the pod.
@@ -114,6 +154,28 @@ impl RunningVm {
             run(&["ip", "-br", "link"])
         )
     }
+}
+
+/// A process in the cluster namespace, killed on drop.
+pub struct ClusterServer(pub std::process::Child);
+
+impl Drop for ClusterServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn descendants(root: i32) -> Vec<i32> {
