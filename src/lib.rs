@@ -2,12 +2,16 @@
 //! first-class member of the pod's service mesh.
 
 pub mod config;
+pub mod consoles;
+pub mod health;
 pub mod host;
 pub mod init;
 pub mod libvirt;
 pub mod logging;
+pub mod logtail;
 pub mod net;
 pub mod plan;
 pub mod preflight;
 pub mod relay;
+pub mod sidecar;
 pub mod supervisor;

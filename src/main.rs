@@ -47,12 +47,58 @@ enum Command {
         #[arg(long, env = "VMPOD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Ask a running vmpod's health endpoint: state, uptime, restarts and
+    /// failing readiness checks. Exits 0 when ready, 1 when not or unreachable.
+    Status {
+        /// The endpoint's HOST:PORT.
+        #[arg(long, default_value = vmpod::health::client::DEFAULT_ADDR)]
+        addr: String,
+    },
+    /// Run one relay on its own, with the same code as `run`, until SIGTERM
+    /// or SIGINT: to measure it, or to use it without a VM.
+    Relay {
+        #[command(subcommand)]
+        relay: RelayCommand,
+    },
     /// The supervisor that `run` starts under its init; not for direct use.
     #[command(hide = true)]
     Supervise {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Forward every connection accepted on --listen to --to.
+    Ingress {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: std::net::SocketAddr,
+        /// Connections relayed at once; more are refused with a RST.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: u32,
+    },
+    /// Relay connections that nftables rules (set up by the caller) divert
+    /// to --listen to their original destination.
+    Egress {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        #[arg(long, value_enum)]
+        mode: RelayMode,
+        /// Connections relayed at once; more are refused with a RST.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RelayMode {
+    /// TPROXY: the original destination is the accepted socket's local address.
+    Tproxy,
+    /// REDIRECT: the original destination comes from SO_ORIGINAL_DST.
+    Redirect,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +109,8 @@ enum What {
     Firewall,
     /// Everything: sysctls, policy routing, listeners, libvirt config files, and the above.
     Plan,
+    /// The pod annotations an Istio sidecar needs beside this VM, with the reasons.
+    Sidecar,
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -85,6 +133,8 @@ fn main() -> ExitCode {
         Command::Check { file, strict } => check(file, strict),
         Command::Render { file, what } => render(file, what),
         Command::Run { config } => run(config),
+        Command::Status { addr } => status(&addr),
+        Command::Relay { relay } => relay_standalone(relay),
         Command::Supervise { config } => supervise(config),
     }
 }
@@ -143,6 +193,7 @@ fn render(file: Option<PathBuf>, what: What) -> ExitCode {
         What::Domain => print!("{}", plan.domain_xml),
         What::Firewall => print!("{}", plan.firewall_script),
         What::Plan => print!("{plan}"),
+        What::Sidecar => print!("{}", vmpod::sidecar::plan(&loaded.config)),
     }
     ExitCode::SUCCESS
 }
@@ -151,12 +202,15 @@ fn render(file: Option<PathBuf>, what: What) -> ExitCode {
 /// supervisor under the init that reaps and forwards signals.
 fn run(config: Option<PathBuf>) -> ExitCode {
     match load(config.as_deref(), FileChecks::Warn) {
-        Err(e) => return config_failure(&e),
+        Err(e) => {
+            report(&e.to_string());
+            return ExitCode::from(EXIT_CONFIG);
+        }
         // A file the config names but the pod lacks is a runtime fault (the
         // volume is missing), not a config error.
         Ok(loaded) if !loaded.warnings.is_empty() => {
             for w in &loaded.warnings {
-                eprintln!("{}", w.to_string().replacen(": warning: ", ": ", 1));
+                report(&w.to_string().replacen(": warning: ", ": ", 1));
             }
             return ExitCode::from(EXIT_RUNTIME);
         }
@@ -165,7 +219,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!("vmpod: cannot find its own executable: {e}");
+            report(&format!("vmpod: cannot find its own executable: {e}"));
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -183,10 +237,76 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn status(addr: &str) -> ExitCode {
+    match vmpod::health::client::status(addr) {
+        Ok(summary) => {
+            print!("{}", summary.text);
+            if summary.ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(e) => {
+            eprintln!("vmpod status: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// A failure of `run` or `supervise` before logging has anything else to
+/// say: one error event per line with `LOG_FORMAT=json`, so the container's
+/// log stays JSON; plain lines otherwise.
+fn report(text: &str) {
+    if vmpod::logging::json_requested() {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::error!("{line}");
+        }
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+fn relay_standalone(command: RelayCommand) -> ExitCode {
+    use vmpod::config::EgressMode;
+    use vmpod::relay::standalone::{self, Standalone};
+    let (relay, max_connections) = match command {
+        RelayCommand::Ingress {
+            listen,
+            to,
+            max_connections,
+        } => (Standalone::Ingress { listen, to }, max_connections),
+        RelayCommand::Egress {
+            listen,
+            mode,
+            max_connections,
+        } => {
+            let mode = match mode {
+                RelayMode::Tproxy => EgressMode::Tproxy,
+                RelayMode::Redirect => EgressMode::Redirect,
+            };
+            (Standalone::Egress { listen, mode }, max_connections)
+        }
+    };
+    match standalone::run(relay, max_connections) {
+        Ok(stats) => {
+            tracing::info!(?stats, "relay stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmpod relay: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn supervise(config: Option<PathBuf>) -> ExitCode {
     let loaded = match load(config.as_deref(), FileChecks::Required) {
         Ok(loaded) => loaded,
-        Err(e) => return config_failure(&e),
+        Err(e) => {
+            report(&e.to_string());
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{EgressMode, Protocol, VmConfig};
+use crate::config::{EgressMode, Protocol, ProxyProtocol, VmConfig};
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -79,13 +79,39 @@ fn listeners(config: &VmConfig) -> Vec<Listener> {
             target: format!("guest TCP to its original destination, {how}"),
         });
     }
-    for ing in &net.ingress {
-        out.push(Listener {
-            name: format!("ingress/{}", ing.name),
-            protocol: ing.protocol,
-            addr: SocketAddr::new(any, ing.port),
-            target: SocketAddr::new(net.guest_ip, ing.guest_port()).to_string(),
-        });
+    // dnat ports have no listener: the firewall section shows their rules.
+    for ing in net.ingress.iter().filter(|i| i.is_proxied()) {
+        let guest = SocketAddr::new(net.guest_ip, ing.guest_port());
+        let target = match (ing.protocol, ing.proxy_protocol) {
+            (Protocol::Udp, _) => format!(
+                "{guest}, a session per client, idle {}s, at most {} sessions",
+                ing.udp_idle_timeout().as_secs(),
+                ing.max_sessions()
+            ),
+            (Protocol::Tcp, pp) => format!(
+                "{guest}, at most {} connections{}",
+                ing.max_connections(),
+                match pp {
+                    Some(ProxyProtocol::V1) => ", PROXY protocol v1 header",
+                    Some(ProxyProtocol::V2) => ", PROXY protocol v2 header",
+                    None => "",
+                }
+            ),
+        };
+        for (ip, when) in [
+            (IpAddr::from([0u8; 4]), ""),
+            (
+                IpAddr::from([0u16; 8]),
+                " (when the pod has an IPv6 address)",
+            ),
+        ] {
+            out.push(Listener {
+                name: format!("ingress/{}", ing.name),
+                protocol: ing.protocol,
+                addr: SocketAddr::new(ip, ing.port),
+                target: format!("{target}{when}"),
+            });
+        }
     }
     if let Some(d) = &config.consoles.display {
         out.push(Listener {

@@ -1,10 +1,11 @@
 //! Checks made before `run` changes anything, so that a fault a user can fix
 //! fails in one clear line and leaves nothing behind.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
 
-use crate::config::VmConfig;
+use crate::config::{Protocol, VmConfig};
+use crate::consoles::{self, SaslUser, Secret};
 use crate::plan::Listener;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,22 +17,20 @@ pub enum PreflightError {
         why: &'static str,
     },
     #[error(
-        "port {port} for {field} is already in use in the pod: {source}; change {field} or stop what holds it"
+        "port {port}/{protocol} for {field} is already in use in the pod: {source}; change {field} or stop what holds it"
     )]
     PortInUse {
         port: u16,
+        protocol: &'static str,
         field: String,
         source: std::io::Error,
     },
     #[error(transparent)]
     Sysctl(#[from] crate::net::sysctl::SysctlError),
-    #[error("{field}: {path} is empty; put the password in it")]
-    EmptySecret { field: &'static str, path: String },
-    #[error("{field}: cannot read {path}: {source}")]
-    UnreadableSecret {
+    #[error("{field}: {source}")]
+    Secret {
         field: &'static str,
-        path: String,
-        source: std::io::Error,
+        source: crate::consoles::ConsoleError,
     },
 }
 
@@ -61,15 +60,22 @@ fn on_path(program: &str) -> bool {
         .any(|dir| Path::new(&dir).join(program).is_file())
 }
 
-/// Every TCP port vmpod will listen on must be free now.
+/// Every TCP and UDP port vmpod will listen on must be free now. IPv6
+/// listeners count only when the pod has IPv6, as when they are opened.
 pub fn ports(listeners: &[Listener], config: &VmConfig) -> Result<(), PreflightError> {
+    let ipv6 = crate::relay::ingress::pod_has_ipv6();
     for l in listeners {
-        if l.protocol != crate::config::Protocol::Tcp {
+        if l.addr.is_ipv6() && l.name.starts_with("ingress/") && !ipv6 {
             continue;
         }
-        if let Err(source) = TcpListener::bind(l.addr) {
+        let bound = match l.protocol {
+            Protocol::Tcp => TcpListener::bind(l.addr).map(drop),
+            Protocol::Udp => UdpSocket::bind(l.addr).map(drop),
+        };
+        if let Err(source) = bound {
             return Err(PreflightError::PortInUse {
                 port: l.addr.port(),
+                protocol: l.protocol.as_str(),
                 field: field_of(&l.name, config),
                 source,
             });
@@ -95,31 +101,52 @@ fn field_of(listener: &str, config: &VmConfig) -> String {
     .to_string()
 }
 
-/// Reads the display password: trailing newlines are dropped, empty is an error.
-pub fn display_password(config: &VmConfig) -> Result<Option<String>, PreflightError> {
-    let Some(path) = config
-        .consoles
-        .display
-        .as_ref()
-        .and_then(|d| d.password_file.as_ref())
-    else {
+/// Reads the display password (see [`consoles::read_password`]). An
+/// `insecure` display without a password file starts with a warning.
+pub fn display_password(config: &VmConfig) -> Result<Option<Secret>, PreflightError> {
+    let Some(console) = config.consoles.display.as_ref() else {
         return Ok(None);
     };
-    let field = "consoles.display.password_file";
-    let text =
-        std::fs::read_to_string(path).map_err(|source| PreflightError::UnreadableSecret {
-            field,
-            path: path.display().to_string(),
+    let Some(path) = console.password_file.as_ref() else {
+        tracing::warn!(
+            port = console.port,
+            "consoles.display has no password_file and insecure: true: anyone who reaches the port can take over the guest's screen and keyboard"
+        );
+        return Ok(None);
+    };
+    consoles::read_password(path)
+        .map(Some)
+        .map_err(|source| PreflightError::Secret {
+            field: "consoles.display.password_file",
             source,
-        })?;
-    let password = text.trim_end_matches(['\n', '\r']).to_string();
-    if password.is_empty() {
-        return Err(PreflightError::EmptySecret {
-            field,
-            path: path.display().to_string(),
+        })
+}
+
+/// The SASL users for libvirt's TCP console, and the tool that stores them.
+pub fn libvirt_credentials(config: &VmConfig) -> Result<Option<Vec<SaslUser>>, PreflightError> {
+    let Some(console) = config.consoles.libvirt.as_ref() else {
+        return Ok(None);
+    };
+    if !on_path(consoles::SASLPASSWD2) {
+        return Err(PreflightError::MissingProgram {
+            program: consoles::SASLPASSWD2,
+            package: "sasl2-bin",
+            why: "store the users of consoles.libvirt",
         });
     }
-    Ok(Some(password))
+    if !consoles::digest_md5_available() {
+        return Err(PreflightError::MissingProgram {
+            program: "the SASL DIGEST-MD5 plugin (libdigestmd5.so)",
+            package: "libsasl2-modules",
+            why: "authenticate the users of consoles.libvirt",
+        });
+    }
+    consoles::read_credentials(&console.credentials_file)
+        .map(Some)
+        .map_err(|source| PreflightError::Secret {
+            field: "consoles.libvirt.credentials_file",
+            source,
+        })
 }
 
 /// The namespace-wide sysctls must hold their value or be settable; the
@@ -133,4 +160,36 @@ pub fn sysctls(config: &VmConfig) -> Result<(), PreflightError> {
         crate::net::sysctl::check_settable(Path::new("/"), &s)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileChecks, load};
+
+    #[test]
+    fn a_display_password_read_at_start_names_field_and_file() {
+        let dir = std::env::temp_dir().join(format!("vmpod-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let yaml = format!(
+            "name: t\nboot:\n  kernel: /k\nconsoles:\n  display:\n    password_file: {}\n",
+            file.display()
+        );
+        let config = load("<test>", &yaml, FileChecks::Warn).unwrap().config;
+        let password = display_password(&config).unwrap().unwrap();
+        assert_eq!(password.expose(), "s3cret");
+        // Emptied between validation and start.
+        std::fs::write(&file, "").unwrap();
+        let e = display_password(&config).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "consoles.display.password_file: {} is empty; put the password in it",
+                file.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

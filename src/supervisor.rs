@@ -5,17 +5,21 @@
 //! network setup → ready. Then one loop watches signals, the guest's state,
 //! the daemons, and the kernel state vmpod owns (reconcile).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{RestartPolicy, VmConfig};
+use crate::consoles::{self, SaslUser, Secret};
+use crate::health::{self, Health};
 use crate::host::HostFacts;
 use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
 use crate::libvirt::daemon::{Daemon, DaemonError, DaemonEvent, DaemonSpec, RestartLimit};
 use crate::libvirt::daemon_config;
 use crate::libvirt::guest::{Guest, GuestState};
+use crate::logtail::{self, LogTail, Source, Start};
 use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
@@ -50,6 +54,8 @@ pub enum SupervisorError {
     Listen(#[from] crate::relay::running::ListenError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Console(#[from] crate::consoles::ConsoleError),
 }
 
 /// Why the supervisor is stopping, and so its exit code.
@@ -82,17 +88,42 @@ pub struct Supervisor {
     relays: Option<Relays>,
     tap: Option<String>,
     started: Instant,
+    /// libvirt's remote users (`consoles.libvirt`), stored before libvirtd starts.
+    sasl_users: Option<Vec<SaslUser>>,
+    /// What the health endpoint serves; updated at every step below.
+    health: Arc<Health>,
+    /// The guest's serial console carried into the log (`logging.serial`).
+    serial_log: Option<LogTail>,
 }
 
 /// Runs the VM until it is told to stop; returns the process exit code.
 pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorError> {
     let started = Instant::now();
+    // Secrets live in files the config names; their contents never reach
+    // the config, so the whole of it can be logged.
+    tracing::info!(config = ?config, "effective config");
     // Everything that can fail without side effects goes first.
     preflight::programs()?;
     let password = preflight::display_password(&config)?;
-    let plan = Plan::build(&config, &facts, password.as_deref())?;
+    let sasl_users = preflight::libvirt_credentials(&config)?;
+    let plan = Plan::build(&config, &facts, password.as_ref().map(Secret::expose))?;
     preflight::ports(&plan.listeners, &config)?;
     preflight::sysctls(&config)?;
+    // The endpoint answers from the start: alive, and not ready while booting.
+    let health = Health::new(&config, started);
+    let _health_service = health::start(&config, health.clone())?;
+    let _qemu_log = LogTail::spawn(
+        logtail::qemu_log_path(&config.name),
+        Source::Qemu,
+        Start::End,
+    );
+    let serial_log = config.logging.serial.then(|| {
+        LogTail::spawn(
+            crate::libvirt::domain::serial_log_path(&config),
+            Source::Serial,
+            Start::End,
+        )
+    });
 
     let libvirt = Libvirt::spawn(SYSTEM_URI);
     let guest = Guest::new(libvirt.clone(), &config.name);
@@ -106,6 +137,9 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         relays: None,
         tap: None,
         started,
+        sasl_users,
+        health,
+        serial_log,
     };
     let (events_tx, events) = mpsc::channel(16);
     let result = match sup.boot(events_tx).await {
@@ -123,11 +157,13 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     result.map(Stop::exit_code)
 }
 
-/// Logs a boot step with its duration.
+/// Logs a boot step with its duration; `/readyz` names it while it runs.
 async fn step<T, E>(
+    health: &Health,
     name: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    health.boot_step(name);
     let t = Instant::now();
     let r = f.await;
     if r.is_ok() {
@@ -142,12 +178,22 @@ async fn step<T, E>(
 
 impl Supervisor {
     async fn boot(&mut self, events: mpsc::Sender<DaemonEvent>) -> Result<(), SupervisorError> {
-        step("write daemon config", async { self.write_daemon_config() }).await?;
+        step(&self.health, "write daemon config", async {
+            self.write_daemon_config()
+        })
+        .await?;
+        if let Some(users) = &self.sasl_users {
+            step(&self.health, "store libvirt users", async {
+                consoles::build_sasldb(users, std::path::Path::new(daemon_config::SASL_DB))
+            })
+            .await?;
+        }
         let limit = RestartLimit {
             max_deaths: self.config.lifecycle.daemon_max_restarts,
             window: self.config.lifecycle.daemon_restart_window.0,
         };
         let virtlogd = step(
+            &self.health,
             "start virtlogd",
             Daemon::start(DaemonSpec::virtlogd(), limit, events.clone()),
         )
@@ -155,12 +201,14 @@ impl Supervisor {
         self.daemons.push(virtlogd);
         let listen = self.config.consoles.libvirt.is_some();
         let libvirtd = step(
+            &self.health,
             "start libvirtd",
             Daemon::start(DaemonSpec::libvirtd(listen), limit, events),
         )
         .await?;
         self.daemons.push(libvirtd);
         step(
+            &self.health,
             "connect to libvirt",
             self.libvirt.wait_connected(LIBVIRT_CONNECT_TIMEOUT),
         )
@@ -168,14 +216,25 @@ impl Supervisor {
 
         let mtu = HostFacts::detect().mtu(&self.config);
         let network = self.network.insert(NetworkSetup::new(&self.config)?);
-        step("create bridge", network.bridge(mtu)).await?;
+        step(&self.health, "create bridge", network.bridge(mtu)).await?;
 
-        let defined = step("define domain", self.guest.define(&self.plan.domain_xml)).await?;
+        let defined = step(
+            &self.health,
+            "define domain",
+            self.guest.define(&self.plan.domain_xml),
+        )
+        .await?;
         tracing::info!(domain = %self.config.name, ?defined, "domain defined");
         self.start_guest().await?;
         // Listeners open only once the guest is up: until then a client is
         // refused rather than held.
-        self.relays = Some(step("open relays", async { Relays::start(&self.config) }).await?);
+        let relays = step(&self.health, "open relays", async {
+            Relays::start(&self.config)
+        })
+        .await?;
+        self.health.relays(&relays);
+        self.relays = Some(relays);
+        self.health.booted();
         tracing::info!(
             ms = self.started.elapsed().as_millis() as u64,
             tap = self.tap.as_deref().unwrap_or(""),
@@ -213,12 +272,29 @@ impl Supervisor {
     /// sets up the network around it.
     async fn start_guest(&mut self) -> Result<(), SupervisorError> {
         let old_tap = self.tap.take();
-        match self.guest.state().await? {
-            s if s.is_active() => tracing::info!(state = ?s, "guest already running: adopting it"),
-            _ => step("start domain", self.guest.start()).await?,
+        self.health.tap(None);
+        // libvirt truncates the serial log as the domain starts: its tail
+        // waits, then reads the new file from the start.
+        if let Some(tail) = &self.serial_log {
+            tail.pause();
         }
+        let started = match self.guest.state().await {
+            Ok(s) if s.is_active() => {
+                tracing::info!(state = ?s, "guest already running: adopting it");
+                Ok(false)
+            }
+            Ok(_) => step(&self.health, "start domain", self.guest.start())
+                .await
+                .map(|()| true),
+            Err(e) => Err(e),
+        };
+        if let Some(tail) = &self.serial_log {
+            tail.resume(matches!(started, Ok(true)));
+        }
+        started?;
         let network = self.network.as_mut().expect("bridge created before start");
         let port = step(
+            &self.health,
             "wait for tap",
             network.wait_for_tap(old_tap.as_deref(), TAP_TIMEOUT),
         )
@@ -226,8 +302,9 @@ impl Supervisor {
         if old_tap.as_deref() != Some(port.name.as_str()) {
             tracing::info!(tap = %port.name, "guest tap attached to the bridge");
         }
-        step("network setup", network.per_tap(&port.name)).await?;
+        step(&self.health, "network setup", network.per_tap(&port.name)).await?;
         self.tap = Some(port.name);
+        self.health.tap(self.tap.as_deref());
         Ok(())
     }
 
@@ -253,6 +330,7 @@ impl Supervisor {
                 _ = usr2.recv() => self.log_status().await,
                 Some(event) = daemon_events.recv() => match event {
                     DaemonEvent::Restarted { component, pid } => {
+                        self.health.daemon_restarted(component);
                         tracing::warn!(component, pid, "daemon restarted; the guest keeps running");
                     }
                     DaemonEvent::GaveUp(e) => {
@@ -261,6 +339,7 @@ impl Supervisor {
                     }
                 },
                 _ = guest_tick.tick() => {
+                    self.health.beat();
                     if let Some(stop) = self.check_guest().await? {
                         return Ok(stop);
                     }
@@ -290,6 +369,7 @@ impl Supervisor {
                 return Ok(None);
             }
         };
+        self.health.guest_state(state);
         if state.is_active() {
             return Ok(None);
         }
@@ -313,6 +393,7 @@ impl Supervisor {
         }
         tracing::info!("restarting the guest");
         self.start_guest().await?;
+        self.health.guest_restarted();
         tracing::info!(tap = self.tap.as_deref().unwrap_or(""), "guest restarted");
         Ok(None)
     }
@@ -320,7 +401,8 @@ impl Supervisor {
     /// Restores kernel state vmpod owns when someone removed it.
     async fn reconcile(&mut self) {
         if let Some(network) = &self.network {
-            network.reconcile().await;
+            let restored = network.reconcile().await;
+            self.health.reconciled(&restored);
         }
     }
 
@@ -328,6 +410,7 @@ impl Supervisor {
     /// first: a half-torn-down pod is worse than a long log.
     async fn shutdown(&mut self, stop: Stop) {
         let t = Instant::now();
+        self.health.stopping();
         let grace = self.config.shutdown_grace();
         // Listeners close first: no new connection is accepted for a guest
         // that is going away.

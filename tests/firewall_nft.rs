@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::golden::{assert_golden, golden_configs};
-use vmpod::config::{EgressMode, UdpEgress, VmConfig};
+use vmpod::config::{EgressMode, IngressMode, Protocol, UdpEgress, VmConfig};
 use vmpod::net::firewall::{FirewallPlan, plan};
 
 /// The golden configs plus variants of the example made here: kernel mode,
-/// and IPv6 (tproxy, with exclusions).
+/// IPv6 (tproxy, with exclusions), and dnat ingress ports.
 fn cases() -> Vec<(&'static str, VmConfig)> {
     let mut cases = golden_configs();
     let mut kernel = example();
@@ -26,7 +26,22 @@ fn cases() -> Vec<(&'static str, VmConfig)> {
     ];
     cases.push(("kernel", kernel));
     cases.push(("ipv6", ipv6));
+    cases.push(("dnat", dnat()));
     cases
+}
+
+/// The example with its HTTP port and a UDP port in `mode: dnat`.
+fn dnat() -> VmConfig {
+    let mut c = example();
+    let http = &mut c.network.ingress[0];
+    http.mode = IngressMode::Dnat;
+    let mut dns = http.clone();
+    dns.name = "dns".into();
+    dns.port = 5353;
+    dns.guest_port = Some(53);
+    dns.protocol = Protocol::Udp;
+    c.network.ingress.push(dns);
+    c
 }
 
 fn example() -> VmConfig {
@@ -119,8 +134,8 @@ fn applying_over_another_mode_replaces_the_whole_table() {
     assert!(out.contains("chain egress_masquerade"), "{out}");
     assert_eq!(
         count_rules(&out),
-        1,
-        "kernel mode has one rule, the kernel holds:\n{out}"
+        2,
+        "kernel mode has two rules (masquerade, health guard), the kernel holds:\n{out}"
     );
 }
 

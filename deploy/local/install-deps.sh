@@ -18,6 +18,16 @@ packages=(
   curl socat iperf3 haproxy
   # SASL for libvirt's authenticated TCP console
   sasl2-bin libsasl2-modules
+  # tests/e2e_consoles.rs: its SPICE and VNC handshakes are python3 scripts, and the VNC one
+  # answers the DES challenge with `openssl enc -des-ecb` (python has no DES)
+  python3 openssl
+  # the container image (tests/container_image.rs): podman builds and runs it; runc because
+  # crun fails on this machine's hybrid cgroups; debootstrap makes the Debian 12 base image
+  # from Debian's packages, since no container registry is reachable
+  podman runc debootstrap
+  # the offline Kubernetes manifest validators below (tests/k8s_manifests.rs): a Python venv
+  # for kubernetes-validate, node for the Istio CRD validators
+  python3-venv nodejs
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -31,11 +41,33 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps.sh: all ${#packages[@]} packages present" >&2
-  exit 0
+else
+  echo "install-deps.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps.sh: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
 # The packages enable libvirt's systemd units; vmpod runs its own daemons in
 # sandboxes, so the machine's own must not hold the sockets.
+
+# Offline validators for deploy/k8s (tests/k8s_manifests.rs, deploy/k8s/tools/validate.py),
+# pinned, under VMPOD_K8S_TOOLS: kubernetes-validate (PyPI) ships Kubernetes' OpenAPI schemas
+# as JSON schemas (strict variants reject unknown fields); @kubernetes-models/istio (npm)
+# ships validators generated from Istio's CRD schemas.
+tools=${VMPOD_K8S_TOOLS:-/opt/vmpod-tools}
+if [ "$("$tools/venv/bin/kubernetes-validate" --version 2>/dev/null)" != 1.37.0 ]; then
+  echo "install-deps.sh: kubernetes-validate 1.37.0 into $tools/venv" >&2
+  /usr/bin/python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+if ! grep -qs '"version": "3.0.1"' "$tools/node/node_modules/@kubernetes-models/istio/package.json"; then
+  echo "install-deps.sh: @kubernetes-models/istio 3.0.1 into $tools/node" >&2
+  command -v npm >/dev/null || apt-get install -y -q --no-install-recommends npm
+  mkdir -p "$tools/node"
+  npm install -s --prefix "$tools/node" --no-audit --no-fund @kubernetes-models/istio@3.0.1
+fi
+# `kubectl kustomize` (Kustomize v5) builds the manifests. kubectl comes with this machine's
+# image; Debian's kubernetes-client (1.20, Kustomize v2) is too old for their `labels` and
+# `patches`, and no other registry here ships kustomize.
+command -v kubectl >/dev/null ||
+  echo "install-deps.sh: warning: kubectl is missing; tests/k8s_manifests.rs needs kubectl kustomize (v5)" >&2

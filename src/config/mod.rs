@@ -2,7 +2,8 @@
 //!
 //! `load` turns the text of one YAML file into a `VmConfig`, or into a
 //! `ConfigError` that lists every problem as `FILE:LINE:COL: FIELD: message`.
-//! Nothing here touches the system beyond checking that named files exist.
+//! Nothing here changes the system; it only checks that named files exist
+//! and that secret files parse (their contents never reach a message).
 
 mod locate;
 mod model;

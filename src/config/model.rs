@@ -34,6 +34,8 @@ pub struct VmConfig {
     pub lifecycle: Lifecycle,
     #[serde(default)]
     pub health: Health,
+    #[serde(default)]
+    pub logging: Logging,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -270,12 +272,77 @@ pub struct Ingress {
     pub guest_port: Option<u16>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// `proxy`: vmpod's forwarder; `dnat`: the kernel rewrites the address.
+    #[serde(default)]
+    pub mode: IngressMode,
+    /// Concurrent TCP connections on this port; default 10000. Proxy mode only.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// A PROXY protocol header to the guest before the client's bytes, so
+    /// the guest learns the real client (haproxy's `send-proxy`). TCP, proxy mode.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// A UDP session (one client address) ends after this long without a
+    /// datagram either way; default 60s.
+    #[serde(default)]
+    pub udp_idle_timeout: Option<HumanDuration>,
+    /// UDP sessions at once; datagrams from further clients are dropped.
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
 }
 
 impl Ingress {
     pub fn guest_port(&self) -> u16 {
         self.guest_port.unwrap_or(self.port)
     }
+
+    /// Whether vmpod listens on the port (rather than the kernel forwarding it).
+    pub fn is_proxied(&self) -> bool {
+        self.mode == IngressMode::Proxy
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
+            .unwrap_or_else(defaults::ingress_max_connections)
+    }
+
+    pub fn udp_idle_timeout(&self) -> Duration {
+        self.udp_idle_timeout
+            .map_or_else(defaults::udp_idle_timeout, |d| d.0)
+    }
+
+    pub fn max_sessions(&self) -> u32 {
+        self.max_sessions.unwrap_or_else(defaults::max_sessions)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressMode {
+    /// vmpod listens on the pod port and connects to the guest.
+    #[default]
+    Proxy,
+    /// nft DNAT to the guest, including traffic from the pod's loopback.
+    Dnat,
+}
+
+impl IngressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressMode::Proxy => "proxy",
+            IngressMode::Dnat => "dnat",
+        }
+    }
+}
+
+/// The PROXY protocol version (haproxy's `send-proxy` / `send-proxy-v2`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// The human-readable text line.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
@@ -384,6 +451,18 @@ impl Default for Health {
     }
 }
 
+/// What vmpod carries into its log besides its own events and the
+/// daemons' and qemu's output.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// The guest's serial console (ttyS0), one event per line with
+    /// `component: serial`. Off by default: the guest's console may carry
+    /// what its owner would not put in the pod's log.
+    #[serde(default)]
+    pub serial: bool,
+}
+
 impl VmConfig {
     pub fn shutdown_grace(&self) -> Duration {
         self.lifecycle.shutdown_grace.0
@@ -427,6 +506,15 @@ mod defaults {
         HumanDuration(Duration::from_secs(60))
     }
     pub fn max_connections() -> u32 {
+        10_000
+    }
+    pub fn ingress_max_connections() -> u32 {
+        10_000
+    }
+    pub fn udp_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_sessions() -> u32 {
         10_000
     }
     pub fn display_port() -> u16 {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::model::{DiskBus, Protocol, VmConfig};
+use super::model::{DiskBus, DisplayKind, IngressMode, Protocol, VmConfig};
+use crate::consoles;
 
 /// Ports the Istio sidecar binds or captures in the pod namespace.
 pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
@@ -84,18 +85,25 @@ impl Validator {
         });
     }
 
-    fn file_exists(&mut self, field: impl Into<String>, path: &Path, what: &str) {
+    /// True when the file is there to be read.
+    fn file_exists(&mut self, field: impl Into<String>, path: &Path, what: &str) -> bool {
         if !path.is_absolute() {
             self.error(
                 field,
                 format!("{what} `{}` must be an absolute path", path.display()),
             );
-            return;
+            return false;
         }
         if path.is_file() {
-            return;
+            return true;
         }
-        let message = format!("{what} `{}` does not exist", path.display());
+        self.file_problem(field, format!("{what} `{}` does not exist", path.display()));
+        false
+    }
+
+    /// A file the pod provides is missing or unusable: an error for `run`,
+    /// a warning for `check` (the pod may hold another file there).
+    fn file_problem(&mut self, field: impl Into<String>, message: String) {
         self.issues.push(Issue {
             field: field.into(),
             message,
@@ -287,6 +295,71 @@ impl Validator {
             if ing.guest_port == Some(0) {
                 self.error(format!("{field}.guest_port"), "port 0 is not a port");
             }
+            self.ingress_options(&field, ing);
+        }
+    }
+
+    /// Options that apply to one protocol or mode only are errors elsewhere:
+    /// silently ignoring them would hide a misunderstanding.
+    fn ingress_options(&mut self, field: &str, ing: &super::model::Ingress) {
+        let dnat = ing.mode == IngressMode::Dnat;
+        let udp = ing.protocol == Protocol::Udp;
+        if ing.proxy_protocol.is_some() {
+            if udp {
+                self.error(
+                    format!("{field}.proxy_protocol"),
+                    "a PROXY protocol header starts a TCP stream; UDP has none: remove proxy_protocol or use protocol: tcp",
+                );
+            } else if dnat {
+                self.error(
+                    format!("{field}.proxy_protocol"),
+                    "in mode: dnat the kernel forwards the packets and cannot add a PROXY protocol header: use mode: proxy",
+                );
+            }
+        }
+        let limits = [
+            (
+                "max_connections",
+                ing.max_connections.is_some(),
+                !udp,
+                ing.max_connections == Some(0),
+            ),
+            (
+                "max_sessions",
+                ing.max_sessions.is_some(),
+                udp,
+                ing.max_sessions == Some(0),
+            ),
+            (
+                "udp_idle_timeout",
+                ing.udp_idle_timeout.is_some(),
+                udp,
+                ing.udp_idle_timeout.is_some_and(|d| d.0.is_zero()),
+            ),
+        ];
+        for (name, set, right_protocol, zero) in limits {
+            if !set {
+                continue;
+            }
+            let other = if udp { "tcp" } else { "udp" };
+            if !right_protocol {
+                self.error(
+                    format!("{field}.{name}"),
+                    format!(
+                        "applies to protocol: {other} only, and this port is {}",
+                        ing.protocol.as_str()
+                    ),
+                );
+            } else if dnat {
+                self.error(
+                    format!("{field}.{name}"),
+                    "has no effect in mode: dnat (the kernel forwards without a limit): remove it or use mode: proxy",
+                );
+            } else if zero && name == "udp_idle_timeout" {
+                self.error(format!("{field}.{name}"), "must be longer than 0");
+            } else if zero {
+                self.error(format!("{field}.{name}"), "must be at least 1");
+            }
         }
     }
 
@@ -334,8 +407,28 @@ impl Validator {
 
     fn consoles(&mut self, c: &VmConfig) {
         if let Some(d) = &c.consoles.display {
+            let field = "consoles.display.password_file";
             match &d.password_file {
-                Some(p) => self.file_exists("consoles.display.password_file", p, "password file"),
+                Some(p) => {
+                    if self.file_exists(field, p, "password file") {
+                        match consoles::read_password(p) {
+                            Err(e) => self.file_problem(field, e.to_string()),
+                            Ok(pw) if d.kind == DisplayKind::Vnc
+                                && pw.char_count() > consoles::VNC_PASSWORD_MAX =>
+                            {
+                                self.file_problem(
+                                    field,
+                                    format!(
+                                        "the password in {} is longer than {max} characters, but VNC authentication compares only the first {max}; shorten it, or use type: spice",
+                                        p.display(),
+                                        max = consoles::VNC_PASSWORD_MAX
+                                    ),
+                                )
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
                 None if d.insecure => {}
                 None => self.error(
                     "consoles.display.password_file",
@@ -344,11 +437,12 @@ impl Validator {
             }
         }
         if let Some(l) = &c.consoles.libvirt {
-            self.file_exists(
-                "consoles.libvirt.credentials_file",
-                &l.credentials_file,
-                "credentials file",
-            );
+            let field = "consoles.libvirt.credentials_file";
+            if self.file_exists(field, &l.credentials_file, "credentials file")
+                && let Err(e) = consoles::read_credentials(&l.credentials_file)
+            {
+                self.file_problem(field, e.to_string());
+            }
         }
     }
 

@@ -154,7 +154,10 @@ pub fn files(config: &VmConfig) -> Vec<ConfigFile> {
         out.push(ConfigFile {
             path: SASL_CONF.into(),
             contents: format!(
-                "# Written by vmpod: libvirt's SASL users come from consoles.libvirt.credentials_file.\nmech_list: digest-md5\nsasldb_path: {SASL_DB}\n"
+                "# Written by vmpod: libvirt's SASL users come from consoles.libvirt.credentials_file.\n\
+                 # On TCP without TLS libvirtd accepts only mechanisms that also encrypt the\n\
+                 # session (SSF >= 56): DIGEST-MD5 or GSSAPI. SCRAM offers no security layer.\n\
+                 mech_list: digest-md5\nsasldb_path: {SASL_DB}\n"
             ),
             mode: 0o644,
         });

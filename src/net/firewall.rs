@@ -18,16 +18,32 @@
 //!   the listener reads the original destination with SO_ORIGINAL_DST.
 //! - `kernel`: no proxy chain; guest traffic is forwarded and masqueraded.
 //!
+//! Ingress ports in `mode: dnat` are forwarded by the kernel: DNAT to the
+//! guest for traffic arriving at a pod address (`ingress_dnat`) and for
+//! traffic the pod sends itself, e.g. a sidecar delivering from 127.0.0.6
+//! (`ingress_dnat_local`), and SNAT to the gateway for what came from the
+//! pod's loopback, which the guest could not answer (`ingress_dnat_snat`,
+//! with `route_localnet` on B; KubeVirt's masquerade binding does the same).
+//! Both DNAT chains run just after the standard dstnat priority, so a
+//! sidecar's own capture of the port (Istio's REDIRECT to Envoy) goes first
+//! and its delivery then reaches the guest through the output rule. In
+//! tproxy mode the guest's answers on these connections are let past TPROXY.
+//!
 //! In every mode, traffic the proxy does not carry (UDP unless `udp: off`,
 //! ICMP, TCP to excluded destinations) is masqueraded behind the pod's
-//! address when it leaves other than through B. Every rule carries a
-//! `comment` saying why, for the operator reading `nft list table`.
+//! address when it leaves other than through B, and the guest is refused
+//! (TCP reset) on vmpod's health and console ports at every address of the
+//! pod: the gateway is one of them, and those services are for the kubelet,
+//! Prometheus and console users, not for the guest. Every rule carries a `comment` saying
+//! why, for the operator reading `nft list table`.
 
 use std::fmt;
 
 use ipnet::IpNet;
 
-use crate::config::{EgressMode, UdpEgress, VmConfig};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{EgressMode, Ingress, Protocol, UdpEgress, VmConfig};
 
 /// The address family of vmpod's table: one table for IPv4 and IPv6.
 pub const TABLE_FAMILY: &str = "inet";
@@ -61,6 +77,8 @@ pub enum ChainType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Input,
+    Output,
     Postrouting,
 }
 
@@ -71,6 +89,12 @@ pub enum Priority {
     Mangle,
     /// -100: destination NAT.
     DstNat,
+    /// -90 in prerouting: destination NAT after other tables' (a sidecar's).
+    AfterDstNat,
+    /// A number, for hooks where nft has no name for it (nat in output).
+    Number(i32),
+    /// 0: plain filtering.
+    Filter,
     /// 100: source NAT.
     SrcNat,
 }
@@ -112,6 +136,10 @@ pub enum L4Proto {
 pub enum Match {
     /// `iifname "B"`
     InInterface(String),
+    /// `iifname != "B"`
+    NotInInterface(String),
+    /// `oifname "B"`
+    OutInterface(String),
     /// `oifname != "B"`
     NotOutInterface(String),
     /// `ip saddr NET` (or `ip6`).
@@ -127,6 +155,16 @@ pub enum Match {
     TransparentSocket,
     /// `fib daddr type != local`: not addressed to this namespace.
     NotLocalDestination,
+    /// `fib daddr type local`: addressed to this namespace.
+    LocalDestination,
+    /// `tcp dport P` or `tcp dport { P, ... }`; sorted, never empty.
+    TcpDestinationPorts(Vec<u16>),
+    /// `tcp dport P` or `udp dport P`.
+    DestinationPort(L4Proto, u16),
+    /// `ct direction reply`: an answer within a tracked connection.
+    ReplyDirection,
+    /// `ct status dnat`: the connection's destination was rewritten.
+    DestinationNatted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +178,12 @@ pub enum Action {
     Masquerade,
     Accept,
     Return,
+    /// `reject with tcp reset`: what a closed port answers.
+    RejectWithTcpReset,
+    /// `dnat ip to A:P` (or `ip6`).
+    Dnat(SocketAddr),
+    /// `snat ip to A` (or `ip6`).
+    Snat(IpAddr),
 }
 
 /// Render the table for `config`.
@@ -164,6 +208,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         subnet,
         family,
     };
+    let dnat: Vec<&Ingress> = net.ingress.iter().filter(|i| !i.is_proxied()).collect();
 
     let mut chains = Vec::new();
     match egress.mode {
@@ -183,6 +228,14 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                     comment:
                         "packet of a connection the egress proxy holds: mark it for the local route"
                             .into(),
+                }),
+                (!dnat.is_empty()).then(|| Rule {
+                    matches: vec![
+                        Match::InInterface(net.bridge.clone()),
+                        Match::ReplyDirection,
+                    ],
+                    actions: vec![Action::Return],
+                    comment: "the guest answering a connection made to it (dnat ingress): not a new egress connection".into(),
                 }),
                 guest.exclusions_return(&exclude),
                 Some(Rule {
@@ -268,8 +321,131 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         priority: Priority::SrcNat,
         rules: masquerade,
     });
+    chains.push(Chain {
+        name: "guest_input",
+        kind: ChainType::Filter,
+        hook: Hook::Input,
+        priority: Priority::Filter,
+        rules: vec![Rule {
+            matches: vec![
+                Match::InInterface(net.bridge.clone()),
+                Match::LocalDestination,
+                Match::TcpDestinationPorts(service_ports(config)),
+            ],
+            actions: vec![Action::RejectWithTcpReset],
+            comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
+        }],
+    });
+
+    if !dnat.is_empty() {
+        chains.extend(dnat_chains(config, &dnat));
+    }
 
     FirewallPlan { chains }
+}
+
+/// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).
+fn loopback_v4() -> IpNet {
+    IpNet::V4(
+        ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).expect("/8 is a prefix"),
+    )
+}
+
+/// The chains of `mode: dnat` ingress ports (see the module comment).
+fn dnat_chains(config: &VmConfig, ports: &[&Ingress]) -> Vec<Chain> {
+    let net = &config.network;
+    let to = |ing: &Ingress| Action::Dnat(SocketAddr::new(net.guest_ip, ing.guest_port()));
+    let port = |ing: &Ingress| {
+        let proto = match ing.protocol {
+            Protocol::Tcp => L4Proto::Tcp,
+            Protocol::Udp => L4Proto::Udp,
+        };
+        Match::DestinationPort(proto, ing.port)
+    };
+    let from_outside = ports
+        .iter()
+        .map(|ing| Rule {
+            matches: vec![
+                Match::NotInInterface(net.bridge.clone()),
+                Match::LocalDestination,
+                port(ing),
+            ],
+            actions: vec![to(ing)],
+            comment: format!(
+                "dnat ingress {}: pod port {}/{} to the guest",
+                ing.name,
+                ing.port,
+                ing.protocol.as_str()
+            ),
+        })
+        .collect();
+    let from_pod = ports
+        .iter()
+        .map(|ing| Rule {
+            matches: vec![Match::LocalDestination, port(ing)],
+            actions: vec![to(ing)],
+            comment: format!(
+                "dnat ingress {}: the pod's own connections, e.g. a sidecar's from 127.0.0.6",
+                ing.name
+            ),
+        })
+        .collect();
+    let mut chains = vec![
+        Chain {
+            name: "ingress_dnat",
+            kind: ChainType::Nat,
+            hook: Hook::Prerouting,
+            priority: Priority::AfterDstNat,
+            rules: from_outside,
+        },
+        Chain {
+            name: "ingress_dnat_local",
+            kind: ChainType::Nat,
+            hook: Hook::Output,
+            priority: Priority::Number(-90),
+            rules: from_pod,
+        },
+    ];
+    // IPv6 has no route_localnet: ::1 never leaves lo, so there is nothing
+    // to rewrite for an IPv6 guest.
+    if let IpAddr::V4(gateway) = net.gateway.addr() {
+        chains.push(Chain {
+            name: "ingress_dnat_snat",
+            kind: ChainType::Nat,
+            hook: Hook::Postrouting,
+            priority: Priority::SrcNat,
+            rules: vec![Rule {
+                matches: vec![
+                    Match::OutInterface(net.bridge.clone()),
+                    Match::Source(loopback_v4()),
+                    Match::DestinationNatted,
+                ],
+                actions: vec![Action::Snat(IpAddr::V4(gateway))],
+                comment: "dnat ingress from the pod's loopback: the guest answers the gateway, which undoes both rewrites".into(),
+            }],
+        });
+    }
+    chains
+}
+
+/// The ports of vmpod's own services in the pod: the health endpoint, and
+/// the consoles (qemu's display, libvirtd's TCP socket), which listen on
+/// every pod address and so also on the gateway the guest sees. The egress
+/// listener is not among them: in redirect mode the guest's connections
+/// arrive there addressed to the gateway.
+fn service_ports(config: &VmConfig) -> Vec<u16> {
+    let consoles = &config.consoles;
+    let mut ports: Vec<u16> = [
+        Some(config.health.port),
+        consoles.display.as_ref().map(|d| d.port),
+        consoles.libvirt.as_ref().map(|l| l.port),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// The parts of a rule every guest-facing rule starts with.
@@ -381,6 +557,8 @@ impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Output => "output",
             Hook::Postrouting => "postrouting",
         })
     }
@@ -391,6 +569,9 @@ impl fmt::Display for Priority {
         f.write_str(match self {
             Priority::Mangle => "mangle",
             Priority::DstNat => "dstnat",
+            Priority::AfterDstNat => "dstnat + 10",
+            Priority::Number(n) => return write!(f, "{n}"),
+            Priority::Filter => "filter",
             Priority::SrcNat => "srcnat",
         })
     }
@@ -432,6 +613,8 @@ impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Match::InInterface(name) => write!(f, "iifname \"{name}\""),
+            Match::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
+            Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
             Match::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
             Match::Source(net) => write!(f, "{} saddr {}", IpFamily::of(net), Prefix(net)),
             Match::DestinationIn(family, nets) => {
@@ -449,6 +632,17 @@ impl fmt::Display for Match {
             Match::NotProto(p) => write!(f, "meta l4proto != {p}"),
             Match::TransparentSocket => f.write_str("socket transparent 1"),
             Match::NotLocalDestination => f.write_str("fib daddr type != local"),
+            Match::LocalDestination => f.write_str("fib daddr type local"),
+            Match::DestinationPort(proto, port) => write!(f, "{proto} dport {port}"),
+            Match::ReplyDirection => f.write_str("ct direction reply"),
+            Match::DestinationNatted => f.write_str("ct status dnat"),
+            Match::TcpDestinationPorts(ports) => match ports.as_slice() {
+                [one] => write!(f, "tcp dport {one}"),
+                many => {
+                    let list: Vec<String> = many.iter().map(u16::to_string).collect();
+                    write!(f, "tcp dport {{ {} }}", list.join(", "))
+                }
+            },
         }
     }
 }
@@ -478,6 +672,13 @@ impl fmt::Display for Action {
             Action::Masquerade => f.write_str("masquerade"),
             Action::Accept => f.write_str("accept"),
             Action::Return => f.write_str("return"),
+            Action::RejectWithTcpReset => f.write_str("reject with tcp reset"),
+            Action::Dnat(SocketAddr::V4(to)) => write!(f, "dnat ip to {to}"),
+            Action::Dnat(SocketAddr::V6(to)) => {
+                write!(f, "dnat ip6 to [{}]:{}", to.ip(), to.port())
+            }
+            Action::Snat(IpAddr::V4(to)) => write!(f, "snat ip to {to}"),
+            Action::Snat(IpAddr::V6(to)) => write!(f, "snat ip6 to {to}"),
         }
     }
 }
@@ -535,7 +736,7 @@ mod tests {
         let p = plan(&config(""));
         let s = p.script();
         let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["egress_tproxy", "egress_masquerade"]);
+        assert_eq!(names, ["egress_tproxy", "egress_masquerade", "guest_input"]);
         assert!(s.contains("type filter hook prerouting priority mangle; policy accept;"));
         assert!(s.contains(SOCKET_RULE), "{s}");
         assert!(s.contains(TPROXY_RULE), "{s}");
@@ -566,7 +767,8 @@ mod tests {
     fn kernel_mode_masquerades_everything() {
         let p = plan(&config("network:\n  egress:\n    mode: kernel\n"));
         let s = p.script();
-        assert_eq!(p.chains.len(), 1, "{s}");
+        let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["egress_masquerade", "guest_input"], "{s}");
         assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
         assert!(
             s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
@@ -664,11 +866,55 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_is_refused_on_the_health_port_in_every_mode() {
+        for mode in ["tproxy", "redirect", "kernel"] {
+            let p = plan(&config(&format!(
+                "network:\n  egress:\n    mode: {mode}\nhealth:\n  port: 8282\n"
+            )));
+            let input = chain(&p, "guest_input").expect("guest_input chain");
+            assert_eq!(
+                (input.hook, input.priority),
+                (Hook::Input, Priority::Filter)
+            );
+            let s = p.script();
+            assert!(
+                s.contains("type filter hook input priority filter; policy accept;"),
+                "{mode}: {s}"
+            );
+            assert!(
+                s.contains(
+                    "iifname \"virbr0\" fib daddr type local tcp dport 8282 reject with tcp reset comment"
+                ),
+                "{mode}: {s}"
+            );
+            assert!(!s.contains("8181"), "{mode}: {s}");
+        }
+    }
+
+    #[test]
+    fn the_guest_is_refused_on_the_console_ports_too() {
+        let p = plan(&config(
+            "consoles:\n  display:\n    type: vnc\n    port: 5901\n    insecure: true\n  libvirt:\n    port: 16509\n    credentials_file: /c\n",
+        ));
+        let s = p.script();
+        assert!(
+            s.contains(
+                "iifname \"virbr0\" fib daddr type local tcp dport { 5901, 8181, 16509 } reject with tcp reset comment"
+            ),
+            "{s}"
+        );
+        // Redirected guest connections reach the egress listener addressed
+        // to the gateway: its port must stay open.
+        assert!(!s.contains("9401 }"), "{s}");
+    }
+
+    #[test]
     fn comments_are_valid_nft_strings() {
         for yaml in [
             "",
             "network:\n  egress:\n    mode: redirect\n    exclude: [10.96.0.0/12]\n",
             "network:\n  egress:\n    mode: kernel\n    udp: \"off\"\n",
+            DNAT_INGRESS,
         ] {
             for chain in plan(&config(yaml)).chains {
                 for rule in chain.rules {
@@ -677,5 +923,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    const DNAT_INGRESS: &str = "network:\n  ingress:\n    - name: http\n      port: 9080\n      mode: dnat\n    - name: dns\n      port: 5353\n      guest_port: 53\n      protocol: udp\n      mode: dnat\n    - name: web\n      port: 8080\n";
+
+    #[test]
+    fn dnat_ports_get_prerouting_output_and_snat_rules() {
+        let p = plan(&config(DNAT_INGRESS));
+        let s = p.script();
+        let outside = chain(&p, "ingress_dnat").expect("ingress_dnat");
+        assert_eq!(
+            (outside.kind, outside.hook, outside.priority),
+            (ChainType::Nat, Hook::Prerouting, Priority::AfterDstNat)
+        );
+        assert!(
+            s.contains("type nat hook prerouting priority dstnat + 10;"),
+            "{s}"
+        );
+        assert!(s.contains("type nat hook output priority -90;"), "{s}");
+        for want in [
+            "iifname != \"virbr0\" fib daddr type local tcp dport 9080 dnat ip to 10.0.1.2:9080 comment",
+            "iifname != \"virbr0\" fib daddr type local udp dport 5353 dnat ip to 10.0.1.2:53 comment",
+            "\t\tfib daddr type local tcp dport 9080 dnat ip to 10.0.1.2:9080 comment",
+            "\t\tfib daddr type local udp dport 5353 dnat ip to 10.0.1.2:53 comment",
+            "oifname \"virbr0\" ip saddr 127.0.0.0/8 ct status dnat snat ip to 10.0.1.1 comment",
+        ] {
+            assert!(s.contains(want), "missing `{want}` in {s}");
+        }
+        // The proxied port gets no kernel rule.
+        assert!(!s.contains("8080"), "{s}");
+        // In tproxy mode the guest's answers must not be taken for new
+        // egress connections, and that rule comes before TPROXY.
+        let t = chain(&p, "egress_tproxy").unwrap();
+        let reply = t
+            .rules
+            .iter()
+            .position(|r| r.matches.contains(&Match::ReplyDirection))
+            .expect("a reply rule");
+        assert_eq!(t.rules[reply].actions, [Action::Return]);
+        assert!(reply < t.rules.len() - 1);
+    }
+
+    #[test]
+    fn no_dnat_port_no_dnat_rules() {
+        let s = script("");
+        for absent in ["ingress_dnat", "ct direction", "snat", "dnat"] {
+            assert!(!s.contains(absent), "{absent} in {s}");
+        }
+    }
+
+    #[test]
+    fn dnat_in_the_other_egress_modes_has_no_reply_rule() {
+        for mode in ["redirect", "kernel"] {
+            let yaml = DNAT_INGRESS.replace(
+                "network:\n",
+                &format!("network:\n  egress:\n    mode: {mode}\n"),
+            );
+            let s = script(&yaml);
+            assert!(s.contains("chain ingress_dnat {"), "{mode}: {s}");
+            assert!(!s.contains("ct direction"), "{mode}: {s}");
+        }
+    }
+
+    #[test]
+    fn dnat_to_an_ipv6_guest_has_no_loopback_snat() {
+        let s = script(
+            "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  ingress:\n    - name: http\n      port: 9080\n      mode: dnat\n",
+        );
+        assert!(
+            s.contains("iifname != \"br6\" fib daddr type local tcp dport 9080 dnat ip6 to [fd00:1::2]:9080"),
+            "{s}"
+        );
+        assert!(!s.contains("snat"), "{s}");
     }
 }

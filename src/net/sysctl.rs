@@ -59,6 +59,14 @@ pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
             ));
         }
     }
+    let dnat = config.network.ingress.iter().any(|i| !i.is_proxied());
+    if dnat && !v6 {
+        list.push(Sysctl::new(
+            format!("net.ipv4.conf.{bridge}.route_localnet"),
+            "1",
+            "dnat ingress: a sidecar's connection from 127.0.0.1 or 127.0.0.6 is sent on to the guest through the bridge, and its answers come back there",
+        ));
+    }
     for family in ["iptables", "ip6tables", "arptables"] {
         list.push(Sysctl::new(
             format!("net.bridge.bridge-nf-call-{family}"),
@@ -197,6 +205,25 @@ mod tests {
         assert!(keys.contains(&"net.ipv4.conf.virbr0.rp_filter=0".to_string()));
         assert!(keys.contains(&"net.ipv4.conf.vnet3.rp_filter=0".to_string()));
         assert!(keys.contains(&"net.bridge.bridge-nf-call-iptables=0".to_string()));
+    }
+
+    #[test]
+    fn route_localnet_only_with_a_dnat_port() {
+        let keys = |c: &VmConfig| -> Vec<String> {
+            plan(c, Some("vnet0")).into_iter().map(|s| s.key).collect()
+        };
+        let key = "net.ipv4.conf.virbr0.route_localnet".to_string();
+        assert!(!keys(&example()).contains(&key));
+        let text = crate::config::EMBEDDED_EXAMPLE.replace(
+            "      protocol: tcp\n",
+            "      protocol: tcp\n      mode: dnat\n",
+        );
+        let dnat = crate::config::load("dnat", &text, crate::config::FileChecks::Warn)
+            .expect("valid")
+            .config;
+        let with = plan(&dnat, Some("vnet0"));
+        let s = with.iter().find(|s| s.key == key).expect("route_localnet");
+        assert_eq!(s.value, "1");
     }
 
     #[test]

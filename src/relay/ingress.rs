@@ -1,7 +1,7 @@
 //! The ingress relay: a pod port forwarded to the guest, in place of the
 //! research's haproxy.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::TcpStream;
 
@@ -14,5 +14,53 @@ pub struct IngressDestination {
 impl Destination for IngressDestination {
     fn destination(&self, _client: &TcpStream) -> Result<SocketAddr, String> {
         Ok(self.guest)
+    }
+}
+
+/// The addresses an ingress port listens on: every IPv4 address of the pod,
+/// and every IPv6 address when the pod has one (an IPv6-only socket, so the
+/// two never conflict). A pod without IPv6 gets no IPv6 socket, not an error.
+pub fn listen_ips() -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::from([0u8; 4])];
+    if pod_has_ipv6() {
+        ips.push(IpAddr::from([0u16; 8]));
+    }
+    ips
+}
+
+/// Whether this thread's network namespace has an IPv6 address that is not
+/// link-local (a client could not name a link-local one without a zone).
+pub fn pod_has_ipv6() -> bool {
+    // thread-self: the namespace of this thread, which is not always the
+    // process's (tests run each namespace on threads of their own).
+    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .map(|table| has_routable_ipv6(&table))
+        .unwrap_or(false)
+}
+
+/// `if_inet6` lines: address, ifindex, prefix length, scope, flags, name.
+fn has_routable_ipv6(if_inet6: &str) -> bool {
+    const LINK_SCOPE: &str = "20";
+    if_inet6
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .any(|scope| scope != LINK_SCOPE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_alone_is_no_ipv6() {
+        let only_link = "fe800000000000000000000000000001 02 40 20 80     eth0\n";
+        assert!(!has_routable_ipv6(only_link));
+        assert!(!has_routable_ipv6(""));
+        let with_loopback =
+            format!("{only_link}00000000000000000000000000000001 01 80 10 80       lo\n");
+        assert!(has_routable_ipv6(&with_loopback));
+        let with_ula =
+            format!("{only_link}fd890000000000000000000000000002 02 40 00 80     eth0\n");
+        assert!(has_routable_ipv6(&with_ula));
     }
 }

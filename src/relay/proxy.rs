@@ -6,18 +6,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::copy::{self, Ended, Timeouts};
+use super::copy::{self, Timeouts};
+use super::proxy_protocol;
 use super::socket;
 use super::stats::{ActiveGuard, RelayStats};
+use crate::config::ProxyProtocol;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
     pub timeouts: Timeouts,
     pub max_connections: u32,
+    /// A header for the upstream before the client's first byte.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl ProxySettings {
+    /// The connection limit; listeners sharing it share one budget.
+    pub fn limit(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.max_connections as usize))
+    }
 }
 
 /// Decides where an accepted connection goes, or refuses it (with why).
@@ -25,17 +37,18 @@ pub trait Destination: Send + Sync + 'static {
     fn destination(&self, client: &TcpStream) -> Result<SocketAddr, String>;
 }
 
-/// Serves `listener` until `shutdown` turns true. Connections in flight are
-/// left to finish on their own tasks.
+/// Serves `listener` until `shutdown` turns true, with at most `limit`
+/// connections at once. Connections in flight are left to finish on their
+/// own tasks.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     dest: Arc<dyn Destination>,
     settings: ProxySettings,
+    limit: Arc<Semaphore>,
     stats: Arc<RelayStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections as usize));
     loop {
         let (client, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -82,8 +95,11 @@ async fn handle(
     settings: ProxySettings,
     stats: &RelayStats,
 ) {
-    let upstream = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target))
-        .await
+    let mut upstream = match tokio::time::timeout(
+        settings.connect_timeout,
+        TcpStream::connect(target),
+    )
+    .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -99,6 +115,15 @@ async fn handle(
             return;
         }
     };
+    if let Some(version) = settings.proxy_protocol
+        && let Err(e) = send_proxy_header(version, &client, peer, &mut upstream).await
+    {
+        RelayStats::add(&stats.upstream_failed, 1);
+        tracing::debug!(relay = name, %peer, %target, error = %e, "cannot send the PROXY protocol header");
+        socket::abort(client);
+        socket::abort(upstream);
+        return;
+    }
     tracing::debug!(relay = name, %peer, %target, "relaying");
     let ended = copy::relay(
         client,
@@ -109,7 +134,17 @@ async fn handle(
     )
     .await;
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
-    if let Ended::Failed(_) = ended {
-        RelayStats::add(&stats.upstream_failed, 0);
-    }
+}
+
+/// The header goes out alone, before the pump forwards any client byte.
+async fn send_proxy_header(
+    version: ProxyProtocol,
+    client: &TcpStream,
+    peer: SocketAddr,
+    upstream: &mut TcpStream,
+) -> std::io::Result<()> {
+    let local = client.local_addr()?;
+    upstream
+        .write_all(&proxy_protocol::header(version, peer, local))
+        .await
 }

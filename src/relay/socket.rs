@@ -1,15 +1,16 @@
 //! Every socket option the relays use, in one place: transparent listeners,
-//! the original destination of a redirected connection, and abortive close.
+//! the original destination of a redirected connection, abortive close, and
+//! UDP sockets that answer from the address a datagram was sent to.
 
-use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
-    sockopt,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    SockaddrStorage, bind, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// A TCP listener; with `transparent`, it accepts connections addressed to
 /// any destination that TPROXY hands it (IP_TRANSPARENT).
@@ -85,4 +86,126 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 pub fn abort(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
+}
+
+/// A UDP socket bound to `addr` (IPv6-only for an IPv6 address, so an IPv4
+/// socket on the same port can exist beside it) that learns the destination
+/// address of every datagram (IP_PKTINFO, IPV6_RECVPKTINFO). No SO_REUSEADDR:
+/// a port another socket holds must fail here, not be shared.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    if addr.is_ipv4() {
+        setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
+    } else {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+/// One datagram read from a [`udp_socket`].
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// The local address it was sent to, when the kernel said so.
+    pub to: Option<IpAddr>,
+}
+
+/// Reads one datagram without blocking (`WouldBlock` when none is queued).
+pub fn recv_with_destination(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(libc::in6_pktinfo);
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+    let from = msg
+        .address
+        .as_ref()
+        .and_then(socket_addr)
+        .ok_or_else(|| io::Error::other("a datagram without a sender address"))?;
+    let mut to = None;
+    for cmsg in msg.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            }
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            _ => {}
+        }
+    }
+    Ok(Received {
+        len: msg.bytes,
+        from,
+        to,
+    })
+}
+
+/// Sends `data` to `to` from the local address `from` (the kernel picks one
+/// when `None`), without blocking.
+pub fn send_from(
+    fd: RawFd,
+    data: &[u8],
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> io::Result<usize> {
+    let iov = [IoSlice::new(data)];
+    let dest = SockaddrStorage::from(to);
+    let v4;
+    let v6;
+    let cmsgs: Vec<ControlMessage> = match from {
+        Some(IpAddr::V4(ip)) if to.is_ipv4() && !ip.is_broadcast() && !ip.is_multicast() => {
+            v4 = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            vec![ControlMessage::Ipv4PacketInfo(&v4)]
+        }
+        Some(IpAddr::V6(ip)) if to.is_ipv6() && !ip.is_multicast() => {
+            v6 = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            vec![ControlMessage::Ipv6PacketInfo(&v6)]
+        }
+        _ => Vec::new(),
+    };
+    Ok(sendmsg(
+        fd,
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+        Some(&dest),
+    )?)
+}
+
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())));
+    }
+    let v6 = s.as_sockaddr_in6()?;
+    Some(SocketAddr::V6(SocketAddrV6::new(
+        v6.ip(),
+        v6.port(),
+        v6.flowinfo(),
+        v6.scope_id(),
+    )))
 }

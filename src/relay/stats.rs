@@ -1,4 +1,8 @@
 //! Counters of one relay, kept for logs now and metrics later.
+//!
+//! A UDP relay counts sessions (one per client address) as connections:
+//! `accepted` and `active` are sessions, `refused` counts datagrams of new
+//! clients dropped at the session limit, `expired` sessions that ended idle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,6 +12,8 @@ pub struct RelayStats {
     pub active: AtomicU64,
     pub refused: AtomicU64,
     pub upstream_failed: AtomicU64,
+    /// UDP sessions ended by their idle timeout.
+    pub expired: AtomicU64,
     /// Bytes from the connecting side to the upstream.
     pub bytes_out: AtomicU64,
     /// Bytes from the upstream back.

@@ -1,0 +1,175 @@
+//! The clients and the server the benchmark runs inside the namespaces.
+//! Clients print one JSON object on stdout.
+
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A connection whose first byte is this gets one answer of
+/// `CPS_REQUEST` bytes, then the server closes (as an HTTP/1.0 server
+/// would), so the client keeps no TIME_WAIT and never runs out of ports.
+pub const CPS_MARK: u8 = b'C';
+pub const CPS_REQUEST: usize = 64;
+
+pub fn serve(listen: &[SocketAddr]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for addr in listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind {addr}"))?;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Ok((s, _)) = listener.accept().await {
+                        tokio::spawn(echo(s));
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        Ok(())
+    })
+}
+
+async fn echo(mut s: tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 4096];
+    let Ok(n @ 1..) = s.read(&mut buf).await else {
+        return;
+    };
+    if buf[0] == CPS_MARK {
+        let mut got = n;
+        while got < CPS_REQUEST {
+            match s.read(&mut buf[got..CPS_REQUEST]).await {
+                Ok(0) | Err(_) => return,
+                Ok(m) => got += m,
+            }
+        }
+        let _ = s.write_all(&buf[..CPS_REQUEST]).await;
+        return;
+    }
+    let mut n = n;
+    loop {
+        if s.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        n = match s.read(&mut buf).await {
+            Ok(0) => {
+                let _ = s.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+            Err(_) => return,
+        };
+    }
+}
+
+fn connect(to: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connect {to}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Round trips of `size` bytes; every sample is kept, so the percentiles
+/// are exact.
+pub fn rr(to: SocketAddr, size: usize, count: usize) -> Result<()> {
+    let mut s = connect(to)?;
+    let msg = vec![b'E'; size];
+    let mut back = vec![0u8; size];
+    let warmup = (count / 10).max(100);
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let t = Instant::now();
+        s.write_all(&msg)?;
+        s.read_exact(&mut back)?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "mean_us": mean, "samples": samples.len(),
+        })
+    );
+    Ok(())
+}
+
+pub fn cps(to: SocketAddr, secs: f64, concurrency: usize) -> Result<()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (done, failed) = (done.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut request = [b'r'; CPS_REQUEST];
+                request[0] = CPS_MARK;
+                let mut answer = Vec::with_capacity(CPS_REQUEST);
+                while Instant::now() < deadline {
+                    let ok = (|| -> Result<bool> {
+                        let mut s = connect(to)?;
+                        s.write_all(&request)?;
+                        answer.clear();
+                        s.read_to_end(&mut answer)?;
+                        Ok(answer.len() == CPS_REQUEST)
+                    })();
+                    match ok {
+                        Ok(true) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let done = done.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({ "cps": done as f64 / elapsed, "done": done, "failed": failed })
+    );
+    Ok(())
+}
+
+pub fn hold(to: SocketAddr, count: usize) -> Result<()> {
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = connect(to).with_context(|| format!("connection {i} of {count}"))?;
+        s.write_all(b"h")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+            .with_context(|| format!("echo on connection {i} of {count}"))?;
+        if b[0] != b'h' {
+            bail!("connection {i}: echo {:?}", b[0]);
+        }
+        held.push(s);
+    }
+    println!("ready {count}");
+    std::io::stdout().flush()?;
+    // Until the benchmark closes our stdin.
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    drop(held);
+    Ok(())
+}

@@ -1,0 +1,541 @@
+//! `/metrics`: everything [`Health`] knows, the relays' counters and the
+//! process's standard metrics, encoded by prometheus-client in the
+//! Prometheus text format (or OpenMetrics when the scraper asks for it).
+//!
+//! Values are read at scrape time from the atomics the supervisor and the
+//! relays already keep, so nothing is counted twice and a scrape never
+//! waits on the supervisor.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use super::procfs::{self, ProcessStats};
+use super::readiness::{STATE_NAMES, state_name};
+use super::{Health, RelayHandle, lock};
+use crate::relay::stats::RelayStats;
+
+/// The content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The content type of OpenMetrics text 1.0.0.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes the current metrics; `openmetrics` picks the format.
+pub fn encode(health: &Health, openmetrics: bool) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot::take(health)));
+    let mut out = String::new();
+    let result = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+    };
+    if let Err(e) = result {
+        // Writing to a String cannot fail; a collector bug could.
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+/// The values of one scrape, copied out of [`Health`] so that encoding
+/// holds no lock.
+#[derive(Debug)]
+struct Snapshot {
+    domain: String,
+    egress_mode: &'static str,
+    state: &'static str,
+    ready: bool,
+    ready_after_seconds: Option<f64>,
+    uptime_seconds: f64,
+    heartbeat_age_seconds: f64,
+    guest_restarts: u64,
+    daemon_restarts: Vec<(String, u64)>,
+    firewall_reconciliations: u64,
+    route_reconciliations: u64,
+    relays: Vec<RelayHandle>,
+    process: ProcessStats,
+}
+
+impl Snapshot {
+    fn take(h: &Health) -> Snapshot {
+        let ready = h.readiness().is_empty();
+        let guest = lock(&h.reported).guest;
+        Snapshot {
+            domain: h.domain.clone(),
+            egress_mode: h.egress_mode.as_str(),
+            state: guest.map_or("unknown", state_name),
+            ready,
+            ready_after_seconds: h.ready_after.get().map(|d| d.as_secs_f64()),
+            uptime_seconds: h.started.elapsed().as_secs_f64(),
+            heartbeat_age_seconds: h.heartbeat_age().as_secs_f64(),
+            guest_restarts: h.guest_restarts.load(Ordering::Relaxed),
+            daemon_restarts: lock(&h.daemon_restarts)
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
+            route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
+            relays: lock(&h.relays).clone(),
+            process: procfs::process_stats(),
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one metric family: a descriptor and its samples.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), fmt::Error> {
+    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<N>(enc: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> Result<(), fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    family(
+        enc,
+        name,
+        help,
+        MetricType::Gauge,
+        [(Labels::new(), ConstGauge::new(value))],
+    )
+}
+
+fn counter<N>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), fmt::Error>
+where
+    ConstCounter<N>: EncodeMetric,
+{
+    family(
+        enc,
+        name,
+        help,
+        MetricType::Counter,
+        [(Labels::new(), ConstCounter::new(value))],
+    )
+}
+
+fn relay_labels(r: &RelayHandle) -> Labels {
+    vec![
+        ("relay", r.kind.to_string()),
+        ("name", r.name.clone()),
+        ("port", r.port.to_string()),
+    ]
+}
+
+impl Snapshot {
+    fn relay_counter(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(&RelayStats) -> u64,
+    ) -> Result<(), fmt::Error> {
+        family(
+            enc,
+            name,
+            help,
+            MetricType::Counter,
+            self.relays
+                .iter()
+                .map(|r| (relay_labels(r), ConstCounter::new(value(&r.stats)))),
+        )
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let e = &mut enc;
+        let info =
+            e.encode_descriptor("vmpod", "The VM this vmpod runs.", None, MetricType::Info)?;
+        Info::new(vec![
+            ("domain", self.domain.clone()),
+            ("egress_mode", self.egress_mode.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ])
+        .encode(info)?;
+        family(
+            e,
+            "vmpod_domain_state",
+            "The guest's libvirt state: 1 for the current state, 0 for the others.",
+            MetricType::Gauge,
+            STATE_NAMES.iter().map(|s| {
+                (
+                    vec![("state", s.to_string())],
+                    ConstGauge::new(i64::from(*s == self.state)),
+                )
+            }),
+        )?;
+        gauge(
+            e,
+            "vmpod_ready",
+            "1 when every readiness check passes.",
+            i64::from(self.ready),
+        )?;
+        if let Some(s) = self.ready_after_seconds {
+            gauge(
+                e,
+                "vmpod_start_to_ready_seconds",
+                "Seconds from the supervisor's start to the first time every readiness check passed.",
+                s,
+            )?;
+        }
+        gauge(
+            e,
+            "vmpod_uptime_seconds",
+            "Seconds since the supervisor started.",
+            self.uptime_seconds,
+        )?;
+        gauge(
+            e,
+            "vmpod_heartbeat_age_seconds",
+            "Seconds since the watch loop last ran; liveness fails past 30.",
+            self.heartbeat_age_seconds,
+        )?;
+        counter(
+            e,
+            "vmpod_guest_restarts",
+            "Times the guest was restarted after it stopped.",
+            self.guest_restarts,
+        )?;
+        family(
+            e,
+            "vmpod_daemon_restarts",
+            "Times a supervised daemon was restarted after it died.",
+            MetricType::Counter,
+            self.daemon_restarts
+                .iter()
+                .map(|(c, n)| (vec![("component", c.clone())], ConstCounter::new(*n))),
+        )?;
+        family(
+            e,
+            "vmpod_rule_reconciliations",
+            "Times vmpod restored its nft table or policy route after someone removed it.",
+            MetricType::Counter,
+            [
+                ("firewall", self.firewall_reconciliations),
+                ("route", self.route_reconciliations),
+            ]
+            .map(|(o, n)| (vec![("object", o.to_string())], ConstCounter::new(n))),
+        )?;
+        self.relay_counter(
+            e,
+            "vmpod_relay_connections_accepted",
+            "Connections the relay accepted.",
+            |s| RelayStats::get(&s.accepted),
+        )?;
+        family(
+            e,
+            "vmpod_relay_connections_active",
+            "Connections the relay carries now.",
+            MetricType::Gauge,
+            self.relays.iter().map(|r| {
+                (
+                    relay_labels(r),
+                    ConstGauge::new(RelayStats::get(&r.stats.active) as i64),
+                )
+            }),
+        )?;
+        self.relay_counter(
+            e,
+            "vmpod_relay_connections_refused",
+            "Connections the relay reset without relaying (limit reached, loop guard, no destination).",
+            |s| RelayStats::get(&s.refused),
+        )?;
+        self.relay_counter(
+            e,
+            "vmpod_relay_upstream_failures",
+            "Connections whose upstream could not be reached.",
+            |s| RelayStats::get(&s.upstream_failed),
+        )?;
+        family(
+            e,
+            "vmpod_relay_bytes",
+            "Bytes relayed: client_to_upstream is from the side that connected (the guest for egress, the peer for ingress).",
+            MetricType::Counter,
+            self.relays.iter().flat_map(|r| {
+                [
+                    ("client_to_upstream", RelayStats::get(&r.stats.bytes_out)),
+                    ("upstream_to_client", RelayStats::get(&r.stats.bytes_in)),
+                ]
+                .map(|(direction, n)| {
+                    let mut labels = relay_labels(r);
+                    labels.push(("direction", direction.to_string()));
+                    (labels, ConstCounter::new(n))
+                })
+            }),
+        )?;
+        let p = &self.process;
+        gauge(
+            e,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.resident_bytes as i64,
+        )?;
+        gauge(
+            e,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes as i64,
+        )?;
+        gauge(
+            e,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds as i64,
+        )?;
+        gauge(
+            e,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            p.max_fds as i64,
+        )?;
+        gauge(
+            e,
+            "process_threads",
+            "Number of OS threads.",
+            p.threads as i64,
+        )?;
+        counter(
+            e,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        )?;
+        gauge(
+            e,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        )?;
+        Ok(())
+    }
+}
+
+/// Samples of a Prometheus text exposition: `(name, labels, value)`, where
+/// `labels` is the text between the braces. Comments and malformed lines
+/// are skipped.
+pub fn parse_samples(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileChecks, load};
+    use crate::libvirt::guest::GuestState;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn health() -> Arc<Health> {
+        let yaml = "name: m1\nboot:\n  kernel: /k\nnetwork:\n  ingress:\n    - name: http\n      port: 9080\n    - name: admin\n      port: 9443\n      guest_port: 443\n";
+        let config = load("<test>", yaml, FileChecks::Warn).unwrap().config;
+        Health::new(&config, Instant::now())
+    }
+
+    fn value(text: &str, name: &str, labels: &str) -> Option<f64> {
+        parse_samples(text)
+            .into_iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|(_, _, v)| v)
+    }
+
+    #[test]
+    fn supervisor_counters_and_state_are_exported() {
+        let h = health();
+        h.guest_state(GuestState::ShutOffFailed);
+        h.guest_restarted();
+        h.daemon_restarted("libvirtd");
+        h.daemon_restarted("libvirtd");
+        h.reconciled(&crate::net::setup::Restored {
+            firewall: true,
+            route: false,
+        });
+        let text = encode(&h, false);
+        assert_eq!(
+            value(&text, "vmpod_guest_restarts_total", ""),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_daemon_restarts_total",
+                "component=\"libvirtd\""
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_daemon_restarts_total",
+                "component=\"virtlogd\""
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_rule_reconciliations_total",
+                "object=\"firewall\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_rule_reconciliations_total",
+                "object=\"route\""
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "vmpod_domain_state", "state=\"crashed\""),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "vmpod_domain_state", "state=\"running\""),
+            Some(0.0)
+        );
+        assert_eq!(value(&text, "vmpod_ready", ""), Some(0.0));
+        assert_eq!(
+            value(&text, "vmpod_start_to_ready_seconds", ""),
+            None,
+            "not ready yet: {text}"
+        );
+        assert!(
+            text.contains("vmpod_info{domain=\"m1\",egress_mode=\"tproxy\",version=\""),
+            "{text}"
+        );
+        assert!(value(&text, "process_resident_memory_bytes", "").unwrap() > 0.0);
+        assert!(value(&text, "process_open_fds", "").unwrap() > 0.0);
+        assert!(
+            text.contains("# TYPE vmpod_guest_restarts_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "Prometheus text has no EOF marker");
+    }
+
+    #[test]
+    fn openmetrics_has_its_eof_marker() {
+        let text = encode(&health(), true);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("# TYPE vmpod_guest_restarts counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn relay_counters_are_read_at_scrape_time() {
+        let h = health();
+        let ingress = Arc::new(RelayStats::default());
+        let egress = Arc::new(RelayStats::default());
+        *lock(&h.relays) = vec![
+            RelayHandle {
+                kind: "egress",
+                name: "egress".into(),
+                port: 9401,
+                stats: egress.clone(),
+            },
+            RelayHandle {
+                kind: "ingress",
+                name: "http".into(),
+                port: 9080,
+                stats: ingress.clone(),
+            },
+        ];
+        RelayStats::add(&ingress.accepted, 3);
+        RelayStats::add(&ingress.active, 1);
+        RelayStats::add(&ingress.bytes_out, 100);
+        RelayStats::add(&ingress.bytes_in, 2000);
+        RelayStats::add(&egress.refused, 2);
+        RelayStats::add(&egress.upstream_failed, 1);
+        let text = encode(&h, false);
+        let http = "relay=\"ingress\",name=\"http\",port=\"9080\"";
+        let eg = "relay=\"egress\",name=\"egress\",port=\"9401\"";
+        assert_eq!(
+            value(&text, "vmpod_relay_connections_accepted_total", http),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "vmpod_relay_connections_active", http),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_relay_bytes_total",
+                &format!("{http},direction=\"client_to_upstream\"")
+            ),
+            Some(100.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_relay_bytes_total",
+                &format!("{http},direction=\"upstream_to_client\"")
+            ),
+            Some(2000.0)
+        );
+        assert_eq!(
+            value(&text, "vmpod_relay_connections_refused_total", eg),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "vmpod_relay_upstream_failures_total", eg),
+            Some(1.0)
+        );
+        RelayStats::add(&ingress.accepted, 1);
+        let text = encode(&h, false);
+        assert_eq!(
+            value(&text, "vmpod_relay_connections_accepted_total", http),
+            Some(4.0)
+        );
+    }
+
+    #[test]
+    fn samples_parse_with_and_without_labels() {
+        let text = "# HELP a x\n# TYPE a counter\na_total 3\nb{c=\"d e\",f=\"g\"} 1.5\nbad\n";
+        assert_eq!(
+            parse_samples(text),
+            [
+                ("a_total".to_string(), String::new(), 3.0),
+                ("b".to_string(), "c=\"d e\",f=\"g\"".to_string(), 1.5)
+            ]
+        );
+    }
+}

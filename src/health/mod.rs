@@ -1,0 +1,302 @@
+//! The health endpoint: `/healthz` (liveness), `/readyz` (readiness) and
+//! `/metrics` (Prometheus) on `health.port`.
+//!
+//! Handlers never call libvirt and never wait on the supervisor: they read
+//! [`Health`], which the supervisor updates as it boots and watches (phase,
+//! guest state, tap, counters, a heartbeat) and a prober task refreshes
+//! with what the kernel holds (bridge ports, the nft table, the policy
+//! route, listening sockets). So the endpoint answers within milliseconds even
+//! when libvirtd hangs, and a hung supervisor loop shows as a stale
+//! heartbeat, which is what liveness is for.
+
+pub mod client;
+pub mod metrics;
+mod probe;
+pub mod procfs;
+pub mod readiness;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{EgressMode, Protocol, VmConfig};
+use crate::libvirt::guest::GuestState;
+use crate::net::route;
+use crate::net::setup::Restored;
+use crate::relay::running::{ListenError, Relays};
+use crate::relay::stats::RelayStats;
+use readiness::{Expectations, KernelFacts, Phase, Reported};
+
+/// A running watch loop beats every 500 ms; a restart of the guest holds it
+/// for a few seconds. Silence this long means the loop is stuck (a libvirt
+/// call that never returns, for one), and liveness fails.
+pub const LIVENESS_STALE: Duration = Duration::from_secs(30);
+
+/// The supervisor's daemons, listed in metrics from the start at 0.
+const DAEMONS: [&str; 2] = ["libvirtd", "virtlogd"];
+
+/// One relay as metrics label it.
+#[derive(Clone, Debug)]
+pub struct RelayHandle {
+    /// `egress` or `ingress`.
+    pub kind: &'static str,
+    /// The ingress port's name, or `egress`.
+    pub name: String,
+    pub port: u16,
+    pub stats: Arc<RelayStats>,
+}
+
+/// The state the endpoint serves, shared by the supervisor, the prober and
+/// the server. Every lock is held for a copy or an assignment only.
+pub struct Health {
+    started: Instant,
+    domain: String,
+    egress_mode: EgressMode,
+    egress_port: u16,
+    expect: Expectations,
+    ingress_ports: BTreeMap<String, u16>,
+    /// Milliseconds after `started` of the watch loop's last beat.
+    heartbeat_ms: AtomicU64,
+    reported: Mutex<Reported>,
+    kernel: Mutex<Option<KernelFacts>>,
+    relays: Mutex<Vec<RelayHandle>>,
+    ready_after: OnceLock<Duration>,
+    guest_restarts: AtomicU64,
+    daemon_restarts: Mutex<BTreeMap<String, u64>>,
+    firewall_reconciliations: AtomicU64,
+    route_reconciliations: AtomicU64,
+    /// Wakes the prober early after a change the supervisor made.
+    probe_now: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind;
+    // serving it beats taking the endpoint down.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Health {
+    /// `started` is when the supervisor started: the origin of uptime and
+    /// of the time to ready.
+    pub fn new(config: &VmConfig, started: Instant) -> Arc<Health> {
+        let net = &config.network;
+        let mut listeners = Vec::new();
+        if net.egress.mode.uses_proxy() {
+            listeners.push(("egress".to_string(), Protocol::Tcp, net.egress.listen_port));
+        }
+        // `dnat` ports are the kernel's: the nft table check covers them.
+        let mut ingress_ports = BTreeMap::new();
+        for ing in net.ingress.iter().filter(|i| i.is_proxied()) {
+            listeners.push((format!("ingress/{}", ing.name), ing.protocol, ing.port));
+            ingress_ports.insert(ing.name.clone(), ing.port);
+        }
+        Arc::new(Health {
+            started,
+            domain: config.name.clone(),
+            egress_mode: net.egress.mode,
+            egress_port: net.egress.listen_port,
+            expect: Expectations {
+                bridge: net.bridge.clone(),
+                route: route::plan(config).map(|r| r.to_string()),
+                listeners,
+            },
+            ingress_ports,
+            heartbeat_ms: AtomicU64::new(0),
+            reported: Mutex::new(Reported {
+                phase: Phase::Booting("start".into()),
+                guest: None,
+                tap: None,
+            }),
+            kernel: Mutex::new(None),
+            relays: Mutex::new(Vec::new()),
+            ready_after: OnceLock::new(),
+            guest_restarts: AtomicU64::new(0),
+            daemon_restarts: Mutex::new(DAEMONS.iter().map(|d| (d.to_string(), 0)).collect()),
+            firewall_reconciliations: AtomicU64::new(0),
+            route_reconciliations: AtomicU64::new(0),
+            probe_now: Notify::new(),
+        })
+    }
+
+    // --- what the supervisor reports ---
+
+    /// The step now running; shown while booting (steps rerun when the
+    /// guest restarts, and do not make a booted vmpod "booting" again).
+    pub fn boot_step(&self, step: &str) {
+        if let Phase::Booting(now) = &mut lock(&self.reported).phase {
+            *now = step.to_string();
+        }
+    }
+
+    /// Boot is over; the watch loop takes over.
+    pub fn booted(&self) {
+        lock(&self.reported).phase = Phase::Running;
+        self.beat();
+        self.probe_now.notify_one();
+    }
+
+    pub fn stopping(&self) {
+        lock(&self.reported).phase = Phase::Stopping;
+    }
+
+    /// The guest's state as just read from libvirt.
+    pub fn guest_state(&self, state: GuestState) {
+        let changed = {
+            let mut r = lock(&self.reported);
+            r.guest.replace(state) != Some(state)
+        };
+        if changed {
+            self.probe_now.notify_one();
+        }
+    }
+
+    /// The tap the guest is attached with; None while it is being restarted.
+    pub fn tap(&self, tap: Option<&str>) {
+        lock(&self.reported).tap = tap.map(str::to_string);
+        self.probe_now.notify_one();
+    }
+
+    /// The relays whose counters `/metrics` shows.
+    pub fn relays(&self, relays: &Relays) {
+        let mut handles = Vec::new();
+        if self.egress_mode.uses_proxy() {
+            handles.push(RelayHandle {
+                kind: "egress",
+                name: "egress".into(),
+                port: self.egress_port,
+                stats: relays.egress.clone(),
+            });
+        }
+        for (name, stats) in &relays.ingress {
+            handles.push(RelayHandle {
+                kind: "ingress",
+                name: name.clone(),
+                port: self.ingress_ports.get(name).copied().unwrap_or_default(),
+                stats: stats.clone(),
+            });
+        }
+        *lock(&self.relays) = handles;
+        self.probe_now.notify_one();
+    }
+
+    pub fn guest_restarted(&self) {
+        self.guest_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn daemon_restarted(&self, component: &str) {
+        *lock(&self.daemon_restarts)
+            .entry(component.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn reconciled(&self, restored: &Restored) {
+        if restored.firewall {
+            self.firewall_reconciliations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if restored.route {
+            self.route_reconciliations.fetch_add(1, Ordering::Relaxed);
+        }
+        if restored.firewall || restored.route {
+            self.probe_now.notify_one();
+        }
+    }
+
+    /// The watch loop is alive.
+    pub fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heartbeat_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    // --- what the endpoint serves ---
+
+    /// Ok while the supervisor is alive; the reason otherwise. Boot and
+    /// shutdown bound their own steps, so only the watch loop is timed.
+    pub fn liveness(&self) -> Result<(), String> {
+        if lock(&self.reported).phase != Phase::Running {
+            return Ok(());
+        }
+        let age = self.heartbeat_age();
+        if age > LIVENESS_STALE {
+            return Err(format!(
+                "the supervisor's watch loop has not run for {} s (limit {} s)",
+                age.as_secs(),
+                LIVENESS_STALE.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    fn heartbeat_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat)
+    }
+
+    /// The failing readiness checks; empty when ready. The first success
+    /// fixes the time to ready.
+    pub fn readiness(&self) -> Vec<String> {
+        let reported = lock(&self.reported).clone();
+        let kernel = lock(&self.kernel).clone();
+        let failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
+        if failures.is_empty() && self.ready_after.get().is_none() {
+            let after = self.started.elapsed();
+            if self.ready_after.set(after).is_ok() {
+                tracing::info!(
+                    seconds = after.as_secs_f64(),
+                    "ready (all readiness checks pass)"
+                );
+            }
+        }
+        failures
+    }
+
+    fn set_kernel(&self, facts: KernelFacts) {
+        *lock(&self.kernel) = Some(facts);
+    }
+}
+
+/// The endpoint's tasks; dropping this stops them.
+pub struct HealthService {
+    pub addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for HealthService {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens `health.port` on every address of the pod (the guest is kept out
+/// by a rule in vmpod's nft table) and starts the server and the prober.
+pub fn start(config: &VmConfig, health: Arc<Health>) -> Result<HealthService, ListenError> {
+    let any: IpAddr = if config.network.gateway.addr().is_ipv6() {
+        [0u16; 8].into()
+    } else {
+        [0u8; 4].into()
+    };
+    let addr = SocketAddr::new(any, config.health.port);
+    let listener = server::bind(addr).map_err(|source| ListenError {
+        addr,
+        field: "health.port".into(),
+        source,
+    })?;
+    tracing::info!(%addr, "health endpoint listening: /healthz /readyz /metrics");
+    let route = route::plan(config);
+    let bridge = config.network.bridge.clone();
+    Ok(HealthService {
+        addr,
+        tasks: vec![
+            tokio::spawn(server::serve(listener, health.clone())),
+            tokio::spawn(probe::run(health, bridge, route)),
+        ],
+    })
+}

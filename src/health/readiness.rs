@@ -1,0 +1,267 @@
+//! Readiness as a pure function of what the supervisor reported and what
+//! the kernel showed the prober: a list of failing checks, empty when ready.
+
+use super::procfs::OpenPorts;
+use crate::config::Protocol;
+use crate::libvirt::guest::GuestState;
+
+/// Where vmpod is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Booting; the step now running.
+    Booting(String),
+    /// Booted: the watch loop runs.
+    Running,
+    /// Shutting down.
+    Stopping,
+}
+
+/// What a ready pod has, derived from the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expectations {
+    pub bridge: String,
+    /// The policy route in `ip` words, when the egress mode needs one.
+    pub route: Option<String>,
+    /// Listeners that must be open: (name, protocol, port).
+    pub listeners: Vec<(String, Protocol, u16)>,
+}
+
+/// The kernel's state as the prober last saw it. An `Err` is why it could
+/// not be looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFacts {
+    pub bridge_ports: Result<Vec<String>, String>,
+    pub table_present: Result<bool, String>,
+    /// None when the mode has no policy route.
+    pub route_present: Option<Result<bool, String>>,
+    pub open_ports: Result<OpenPorts, String>,
+}
+
+/// What the supervisor reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reported {
+    pub phase: Phase,
+    /// The guest's state as last read from libvirt; None before the first read.
+    pub guest: Option<GuestState>,
+    /// The tap the guest was last attached with.
+    pub tap: Option<String>,
+}
+
+/// Every failing check as `check: what is wrong`, in a stable order.
+pub fn failures(
+    expect: &Expectations,
+    reported: &Reported,
+    kernel: Option<&KernelFacts>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    match &reported.phase {
+        Phase::Booting(step) => out.push(format!("boot: in progress (step: {step})")),
+        Phase::Stopping => out.push("shutdown: in progress".to_string()),
+        Phase::Running => {}
+    }
+    match reported.guest {
+        Some(GuestState::Running) => {}
+        Some(state) => out.push(format!("guest: not running (state: {})", state_name(state))),
+        None => out.push("guest: state not read from libvirt yet".to_string()),
+    }
+    let Some(kernel) = kernel else {
+        out.push("kernel: not probed yet".to_string());
+        return out;
+    };
+    match (&reported.tap, &kernel.bridge_ports) {
+        (None, _) => out.push(format!(
+            "tap: no guest tap attached to {} yet",
+            expect.bridge
+        )),
+        (Some(_), Err(e)) => out.push(format!(
+            "tap: cannot list the ports of {}: {e}",
+            expect.bridge
+        )),
+        (Some(tap), Ok(ports)) if !ports.contains(tap) => out.push(format!(
+            "tap: {tap} is not a port of bridge {}",
+            expect.bridge
+        )),
+        _ => {}
+    }
+    match &kernel.table_present {
+        Ok(true) => {}
+        Ok(false) => out.push("firewall: table inet vmpod is missing".to_string()),
+        Err(e) => out.push(format!("firewall: cannot list table inet vmpod: {e}")),
+    }
+    if let Some(route) = &expect.route {
+        match &kernel.route_present {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) | None => out.push(format!(
+                "route: policy routing is incomplete, want: {}",
+                route.replace('\n', "; ")
+            )),
+            Some(Err(e)) => out.push(format!("route: cannot check the policy route: {e}")),
+        }
+    }
+    for (name, protocol, port) in &expect.listeners {
+        match (&kernel.open_ports, protocol) {
+            (Ok(open), Protocol::Tcp) if open.tcp.contains(port) => {}
+            (Ok(open), Protocol::Udp) if open.udp.contains(port) => {}
+            (Ok(_), Protocol::Tcp) => out.push(format!(
+                "listener {name}: nothing listens on TCP port {port}"
+            )),
+            (Ok(_), Protocol::Udp) => out.push(format!(
+                "listener {name}: no socket is bound to UDP port {port}"
+            )),
+            (Err(e), _) => out.push(format!(
+                "listener {name}: cannot read the socket table: {e}"
+            )),
+        }
+    }
+    out
+}
+
+/// The guest state as a word for people and metric labels.
+pub fn state_name(state: GuestState) -> &'static str {
+    match state {
+        GuestState::Running => "running",
+        GuestState::Paused => "paused",
+        GuestState::Transitional => "transitional",
+        GuestState::ShutOffClean => "shutoff",
+        GuestState::ShutOffDestroyed => "destroyed",
+        GuestState::ShutOffFailed => "crashed",
+        GuestState::Missing => "missing",
+    }
+}
+
+/// Every value `state_name` can give, plus `unknown` for "not read yet".
+pub const STATE_NAMES: [&str; 8] = [
+    "unknown",
+    "running",
+    "paused",
+    "transitional",
+    "shutoff",
+    "destroyed",
+    "crashed",
+    "missing",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect() -> Expectations {
+        Expectations {
+            bridge: "virbr0".into(),
+            route: Some("ip rule add fwmark 0x4000/0x4000 lookup 4000 priority 32000\nip route add local 0.0.0.0/0 dev lo table 4000".into()),
+            listeners: vec![
+                ("egress".into(), Protocol::Tcp, 9401),
+                ("ingress/http".into(), Protocol::Tcp, 9080),
+                ("ingress/dns".into(), Protocol::Udp, 53),
+            ],
+        }
+    }
+
+    fn healthy_kernel() -> KernelFacts {
+        KernelFacts {
+            bridge_ports: Ok(vec!["vnet0".into()]),
+            table_present: Ok(true),
+            route_present: Some(Ok(true)),
+            open_ports: Ok(OpenPorts {
+                tcp: [22, 8181, 9080, 9401].into_iter().collect(),
+                udp: [53].into_iter().collect(),
+            }),
+        }
+    }
+
+    fn running() -> Reported {
+        Reported {
+            phase: Phase::Running,
+            guest: Some(GuestState::Running),
+            tap: Some("vnet0".into()),
+        }
+    }
+
+    #[test]
+    fn everything_in_place_is_ready() {
+        assert_eq!(
+            failures(&expect(), &running(), Some(&healthy_kernel())),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn booting_lists_what_is_missing() {
+        let reported = Reported {
+            phase: Phase::Booting("start libvirtd".into()),
+            guest: None,
+            tap: None,
+        };
+        let kernel = KernelFacts {
+            bridge_ports: Err("bridge `virbr0` does not exist in this network namespace".into()),
+            table_present: Ok(false),
+            route_present: Some(Ok(false)),
+            open_ports: Ok(OpenPorts {
+                tcp: [8181, 53].into_iter().collect(),
+                udp: [9080].into_iter().collect(),
+            }),
+        };
+        let f = failures(&expect(), &reported, Some(&kernel));
+        assert_eq!(
+            f,
+            [
+                "boot: in progress (step: start libvirtd)",
+                "guest: state not read from libvirt yet",
+                "tap: no guest tap attached to virbr0 yet",
+                "firewall: table inet vmpod is missing",
+                "route: policy routing is incomplete, want: ip rule add fwmark 0x4000/0x4000 lookup 4000 priority 32000; ip route add local 0.0.0.0/0 dev lo table 4000",
+                "listener egress: nothing listens on TCP port 9401",
+                "listener ingress/http: nothing listens on TCP port 9080",
+                "listener ingress/dns: no socket is bound to UDP port 53",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_crashed_guest_and_a_vanished_tap_are_named() {
+        let mut reported = running();
+        reported.guest = Some(GuestState::ShutOffFailed);
+        let mut kernel = healthy_kernel();
+        kernel.bridge_ports = Ok(vec![]);
+        let f = failures(&expect(), &reported, Some(&kernel));
+        assert_eq!(
+            f,
+            [
+                "guest: not running (state: crashed)",
+                "tap: vnet0 is not a port of bridge virbr0"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_route_is_needed_without_tproxy() {
+        let mut e = expect();
+        e.route = None;
+        let mut kernel = healthy_kernel();
+        kernel.route_present = None;
+        assert!(failures(&e, &running(), Some(&kernel)).is_empty());
+    }
+
+    #[test]
+    fn probe_errors_are_failures_with_their_reason() {
+        let mut kernel = healthy_kernel();
+        kernel.table_present = Err("cannot run nft".into());
+        kernel.open_ports = Err("permission denied".into());
+        let f = failures(&expect(), &running(), Some(&kernel));
+        assert_eq!(
+            f[0],
+            "firewall: cannot list table inet vmpod: cannot run nft"
+        );
+        assert_eq!(f.len(), 4, "{f:?}");
+    }
+
+    #[test]
+    fn stopping_and_unprobed_are_not_ready() {
+        let mut r = running();
+        r.phase = Phase::Stopping;
+        assert_eq!(
+            failures(&expect(), &r, None),
+            ["shutdown: in progress", "kernel: not probed yet"]
+        );
+    }
+}

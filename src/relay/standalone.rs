@@ -1,0 +1,122 @@
+//! One relay on its own, outside a pod: `vmpod relay ingress|egress`. It
+//! runs the production accept loop (`proxy::serve`) and byte pump with the
+//! same destinations as `vmpod run`, so a user or a benchmark can measure
+//! the relay alone. The rules that feed an egress listener (TPROXY or
+//! REDIRECT) are the caller's.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::copy::Timeouts;
+use super::egress::EgressDestination;
+use super::ingress::IngressDestination;
+use super::proxy::{self, Destination, ProxySettings};
+use super::socket;
+use super::stats::RelayStats;
+use crate::config::{Egress, EgressMode};
+
+/// Which relay to run, and where.
+#[derive(Clone, Debug)]
+pub enum Standalone {
+    /// Forwards every connection accepted on `listen` to `to`.
+    Ingress { listen: SocketAddr, to: SocketAddr },
+    /// Relays connections diverted to `listen` to their original
+    /// destination (`mode` is `Tproxy` or `Redirect`).
+    Egress { listen: SocketAddr, mode: EgressMode },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("the egress relay runs in mode tproxy or redirect; kernel mode has no relay")]
+    KernelMode,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot watch SIGTERM/SIGINT: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Settings as `vmpod run` has them by default, with `max_connections`.
+fn settings(max_connections: u32) -> ProxySettings {
+    let defaults = Egress::default();
+    ProxySettings {
+        connect_timeout: defaults.connect_timeout.0,
+        timeouts: Timeouts {
+            idle: defaults.idle_timeout.0,
+            half_closed: defaults.half_close_timeout.0,
+        },
+        max_connections,
+        proxy_protocol: None,
+    }
+}
+
+/// Runs `relay` until SIGTERM or SIGINT; its counters at the end.
+pub fn run(relay: Standalone, max_connections: u32) -> Result<Arc<RelayStats>, StandaloneError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(StandaloneError::Runtime)?;
+    runtime.block_on(serve(relay, max_connections))
+}
+
+async fn serve(relay: Standalone, max_connections: u32) -> Result<Arc<RelayStats>, StandaloneError> {
+    let (name, listen, transparent, dest): (&'static str, _, _, Arc<dyn Destination>) = match relay
+    {
+        Standalone::Ingress { listen, to } => (
+            "ingress",
+            listen,
+            false,
+            Arc::new(IngressDestination { guest: to }),
+        ),
+        Standalone::Egress { mode, .. } if mode == EgressMode::Kernel => {
+            return Err(StandaloneError::KernelMode);
+        }
+        Standalone::Egress { listen, mode } => (
+            "egress",
+            listen,
+            mode == EgressMode::Tproxy,
+            Arc::new(EgressDestination {
+                mode,
+                listen,
+                guarded_ports: HashSet::new(),
+            }),
+        ),
+    };
+    let listener = socket::tcp_listener(listen, transparent).map_err(|source| {
+        StandaloneError::Listen {
+            addr: listen,
+            source,
+        }
+    })?;
+    let mut term = signal(SignalKind::terminate()).map_err(StandaloneError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(StandaloneError::Signals)?;
+    let settings = settings(max_connections);
+    let stats = Arc::new(RelayStats::default());
+    let (stop, stopped) = watch::channel(false);
+    tracing::info!(relay = name, addr = %listen, ?relay, "listening");
+    let accepting = tokio::spawn(proxy::serve(
+        name,
+        listener,
+        dest,
+        settings,
+        settings.limit(),
+        stats.clone(),
+        stopped,
+    ));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = stop.send(true);
+    let _ = accepting.await;
+    // Connections in flight end with the process.
+    Ok(stats)
+}
