@@ -11,6 +11,11 @@ use virt::connect::Connect;
 
 pub const SYSTEM_URI: &str = "qemu:///system";
 
+/// How long a caller waits for one libvirt call. A hung libvirtd must not
+/// stall the supervisor's loop (and with it the liveness heartbeat); the
+/// call itself finishes, or not, on the libvirt thread.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
     #[error("libvirt: {0}")]
@@ -23,6 +28,8 @@ pub enum LibvirtError {
     },
     #[error("the libvirt worker thread is gone")]
     WorkerGone,
+    #[error("libvirt did not answer within {0:?}; is libvirtd hung?")]
+    Timeout(Duration),
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -103,7 +110,10 @@ impl Libvirt {
             let _ = tx.send(result);
         });
         self.jobs.send(job).map_err(|_| LibvirtError::WorkerGone)?;
-        Ok(rx.await.map_err(|_| LibvirtError::WorkerGone)??)
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(answer) => Ok(answer.map_err(|_| LibvirtError::WorkerGone)??),
+            Err(_) => Err(LibvirtError::Timeout(CALL_TIMEOUT)),
+        }
     }
 
     /// Retries connecting until it works or `timeout` passes.
