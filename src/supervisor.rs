@@ -65,6 +65,8 @@ enum Stop {
     GuestDone,
     GuestFailed,
     DaemonGaveUp,
+    /// Boot or a restart failed.
+    Failed,
 }
 
 impl Stop {
@@ -72,7 +74,7 @@ impl Stop {
         match self {
             Stop::Signal | Stop::GuestDone => 0,
             Stop::GuestFailed => EXIT_GUEST_FAILED,
-            Stop::DaemonGaveUp => 1,
+            Stop::DaemonGaveUp | Stop::Failed => 1,
         }
     }
 }
@@ -151,7 +153,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     };
     let stop = match &result {
         Ok(stop) => *stop,
-        Err(_) => Stop::DaemonGaveUp,
+        Err(_) => Stop::Failed,
     };
     sup.shutdown(stop).await;
     result.map(Stop::exit_code)

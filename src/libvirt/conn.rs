@@ -12,9 +12,10 @@ use virt::connect::Connect;
 pub const SYSTEM_URI: &str = "qemu:///system";
 
 /// How long a caller waits for one libvirt call. A hung libvirtd must not
-/// stall the supervisor's loop (and with it the liveness heartbeat); the
-/// call itself finishes, or not, on the libvirt thread.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// stall the supervisor forever; the call itself finishes, or not, on the
+/// libvirt thread. Generous: libvirtd's first define probes qemu, which
+/// takes seconds on a loaded machine. Polling uses a short one.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
@@ -96,6 +97,15 @@ impl Libvirt {
         &self,
         f: impl FnOnce(&Connect) -> Result<T, virt::error::Error> + Send + 'static,
     ) -> Result<T, LibvirtError> {
+        self.call_within(CALL_TIMEOUT, f).await
+    }
+
+    /// Like `call`, giving up waiting after `timeout`.
+    pub async fn call_within<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&Connect) -> Result<T, virt::error::Error> + Send + 'static,
+    ) -> Result<T, LibvirtError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |worker: &mut Worker| {
             let result = worker.connection().and_then(f);
@@ -110,9 +120,9 @@ impl Libvirt {
             let _ = tx.send(result);
         });
         self.jobs.send(job).map_err(|_| LibvirtError::WorkerGone)?;
-        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(answer) => Ok(answer.map_err(|_| LibvirtError::WorkerGone)??),
-            Err(_) => Err(LibvirtError::Timeout(CALL_TIMEOUT)),
+            Err(_) => Err(LibvirtError::Timeout(timeout)),
         }
     }
 

@@ -6,6 +6,10 @@ use virt::sys;
 
 use super::conn::{Libvirt, LibvirtError};
 
+/// A state query answers in milliseconds; longer means libvirtd is stuck,
+/// and the watch loop must go on (its heartbeat is the liveness probe).
+const STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the supervisor needs to know about the domain's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestState {
@@ -110,10 +114,11 @@ impl Guest {
         self.with_domain(|d| d.create().map(|_| ())).await
     }
 
+    /// The domain's state; polled, so it waits at most `STATE_TIMEOUT`.
     pub async fn state(&self) -> Result<GuestState, LibvirtError> {
         let name = self.name.clone();
         self.libvirt
-            .call(move |conn| match lookup(conn, &name)? {
+            .call_within(STATE_TIMEOUT, move |conn| match lookup(conn, &name)? {
                 None => Ok(GuestState::Missing),
                 Some(mut d) => {
                     let (state, reason) = d.get_state()?;
