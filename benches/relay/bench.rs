@@ -269,7 +269,10 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
         let mut argv: Vec<String> = vec![env.vmpod.display().to_string(), "relay".into()];
         argv.extend(args.iter().cloned());
         argv.extend(env.vmpod_args.iter().cloned());
-        argv.extend(["--max-connections".into(), env.plan.haproxy_maxconn().to_string()]);
+        argv.extend([
+            "--max-connections".into(),
+            env.plan.haproxy_maxconn().to_string(),
+        ]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = topo::in_ns(POD, &argv);
         cmd.env("RUST_LOG", "warn");
@@ -291,7 +294,13 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                 Relay::VmpodTproxy => (topo::TPROXY_LISTEN, "tproxy"),
                 _ => (topo::REDIRECT_LISTEN, "redirect"),
             };
-            let cmd = vmpod(&s(&["egress", "--listen", &format!("0.0.0.0:{port}"), "--mode", mode]));
+            let cmd = vmpod(&s(&[
+                "egress",
+                "--listen",
+                &format!("0.0.0.0:{port}"),
+                "--mode",
+                mode,
+            ]));
             Running {
                 procs: vec![Proc::spawn(c.key, cmd, &log("relay"))?],
                 iperf: Some(0),
@@ -300,18 +309,36 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
         }
         Relay::VmpodIngress => {
             let one = |port: u16, to: &str, name: &str| {
-                let cmd = vmpod(&s(&["ingress", "--listen", &format!("{POD_IP}:{port}"), "--to", to]));
+                let cmd = vmpod(&s(&[
+                    "ingress",
+                    "--listen",
+                    &format!("{POD_IP}:{port}"),
+                    "--to",
+                    to,
+                ]));
                 Proc::spawn(c.key, cmd, &log(name))
             };
             Running {
-                procs: vec![one(c.ports.0, &iperf_to, "iperf")?, one(c.ports.1, &echo_to, "echo")?],
+                procs: vec![
+                    one(c.ports.0, &iperf_to, "iperf")?,
+                    one(c.ports.1, &echo_to, "echo")?,
+                ],
                 iperf: Some(0),
                 echo: Some(1),
             }
         }
         Relay::Haproxy { splice } => {
             let cfg = env.logs.join(format!("{}.cfg", c.key));
-            std::fs::write(&cfg, haproxy_config(c.ports, &iperf_to, &echo_to, splice, env.plan.haproxy_maxconn()))?;
+            std::fs::write(
+                &cfg,
+                haproxy_config(
+                    c.ports,
+                    &iperf_to,
+                    &echo_to,
+                    splice,
+                    env.plan.haproxy_maxconn(),
+                ),
+            )?;
             let cmd = topo::in_ns(POD, &["haproxy", "-db", "-f", &cfg.display().to_string()]);
             Running {
                 procs: vec![Proc::spawn(c.key, cmd, &log("haproxy"))?],
@@ -326,7 +353,10 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                 Proc::spawn(c.key, cmd, &log(name))
             };
             Running {
-                procs: vec![one(c.ports.0, &iperf_to, "iperf")?, one(c.ports.1, &echo_to, "echo")?],
+                procs: vec![
+                    one(c.ports.0, &iperf_to, "iperf")?,
+                    one(c.ports.1, &echo_to, "echo")?,
+                ],
                 iperf: Some(0),
                 echo: Some(1),
             }
@@ -338,10 +368,23 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
     Ok(running)
 }
 
-fn haproxy_config(ports: (u16, u16), iperf_to: &str, echo_to: &str, splice: bool, maxconn: usize) -> String {
-    let splice = if splice { "    option splice-auto\n" } else { "" };
+/// `maxpipes`: haproxy reserves two fds per pipe it may use (maxconn/4 by
+/// default) and refuses to start past the hard fd limit; 64 pipes are
+/// plenty for the few bulk connections of the throughput tests.
+fn haproxy_config(
+    ports: (u16, u16),
+    iperf_to: &str,
+    echo_to: &str,
+    splice: bool,
+    maxconn: usize,
+) -> String {
+    let splice = if splice {
+        "    option splice-auto\n"
+    } else {
+        ""
+    };
     format!(
-        "global\n    maxconn {maxconn}\n\ndefaults\n    mode tcp\n    maxconn {maxconn}\n{splice}    timeout connect 10s\n    timeout client 1h\n    timeout server 1h\n\n\
+        "global\n    maxconn {maxconn}\n    maxpipes 64\n\ndefaults\n    mode tcp\n    maxconn {maxconn}\n{splice}    timeout connect 10s\n    timeout client 1h\n    timeout server 1h\n\n\
          listen iperf\n    bind {POD_IP}:{}\n    server guest {iperf_to}\n\n\
          listen echo\n    bind {POD_IP}:{}\n    server guest {echo_to}\n",
         ports.0, ports.1
@@ -368,13 +411,24 @@ fn start_servers(env: &Env) -> Result<Vec<Proc>> {
     let me = env.me.display().to_string();
     let iperf = |ns: &str, port: u16| -> Result<Proc> {
         let cmd = topo::in_ns(ns, &["iperf3", "-s", "-p", &port.to_string()]);
-        Proc::spawn("iperf3 -s", cmd, &env.logs.join(format!("iperf3-{ns}-{port}.log")))
+        Proc::spawn(
+            "iperf3 -s",
+            cmd,
+            &env.logs.join(format!("iperf3-{ns}-{port}.log")),
+        )
     };
-    let egress = [topo::EGRESS_KERNEL, topo::EGRESS_TPROXY, topo::EGRESS_REDIRECT];
+    let egress = [
+        topo::EGRESS_KERNEL,
+        topo::EGRESS_TPROXY,
+        topo::EGRESS_REDIRECT,
+    ];
     for (p, _) in egress {
         procs.push(iperf(CLUSTER, p)?);
     }
-    let echo_ports: Vec<String> = egress.iter().map(|(_, e)| format!("{CLUSTER_IP}:{e}")).collect();
+    let echo_ports: Vec<String> = egress
+        .iter()
+        .map(|(_, e)| format!("{CLUSTER_IP}:{e}"))
+        .collect();
     procs.push(Proc::spawn(
         "echo server (cluster)",
         topo::in_ns(CLUSTER, &[&me, "serve", "--listen", &echo_ports.join(",")]),
@@ -383,7 +437,15 @@ fn start_servers(env: &Env) -> Result<Vec<Proc>> {
     procs.push(iperf(GUEST, topo::GUEST_IPERF)?);
     procs.push(Proc::spawn(
         "echo server (guest)",
-        topo::in_ns(GUEST, &[&me, "serve", "--listen", &format!("{GUEST_IP}:{}", topo::GUEST_ECHO)]),
+        topo::in_ns(
+            GUEST,
+            &[
+                &me,
+                "serve",
+                "--listen",
+                &format!("{GUEST_IP}:{}", topo::GUEST_ECHO),
+            ],
+        ),
         &env.logs.join("echo-guest.log"),
     )?);
     for (ns, port) in egress
@@ -439,7 +501,10 @@ fn cpu_seconds(pid: i32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("/proc/PID/stat")? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11..15].iter().map(|x| x.parse::<u64>().unwrap_or(0)).sum();
+    let ticks: u64 = f[11..15]
+        .iter()
+        .map(|x| x.parse::<u64>().unwrap_or(0))
+        .sum();
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok(ticks as f64 / hz)
 }
@@ -475,7 +540,9 @@ fn iperf(c: &Competitor, r: &Running, plan: &Plan, streams: u32, reverse: bool) 
     let (ip, port) = target.split_once(':').unwrap();
     let secs = plan.iperf_secs.to_string();
     let streams_s = streams.to_string();
-    let mut argv = vec!["iperf3", "-c", ip, "-p", port, "-t", &secs, "-P", &streams_s, "-J"];
+    let mut argv = vec![
+        "iperf3", "-c", ip, "-p", port, "-t", &secs, "-P", &streams_s, "-J",
+    ];
     if reverse {
         argv.push("-R");
     }
@@ -489,7 +556,8 @@ fn iperf(c: &Competitor, r: &Running, plan: &Plan, streams: u32, reverse: bool) 
         // socat's children are reaped (and counted) once they exited.
         std::thread::sleep(Duration::from_millis(200));
         let after = pid.map(cpu_seconds).transpose()?;
-        let json: Value = serde_json::from_str(&out).with_context(|| format!("iperf3 output: {out}"))?;
+        let json: Value =
+            serde_json::from_str(&out).with_context(|| format!("iperf3 output: {out}"))?;
         if !ok || json.get("error").is_some() {
             let err = json.get("error").cloned().unwrap_or_default();
             // A server still finishing the previous test answers "busy".
@@ -525,7 +593,15 @@ fn latency(c: &Competitor, env: &Env, plan: &Plan, size: usize) -> Result<[f64; 
     let v = tool(
         c,
         env,
-        &["rr", "--to", &to, "--size", &size.to_string(), "--count", &plan.rr_count.to_string()],
+        &[
+            "rr",
+            "--to",
+            &to,
+            "--size",
+            &size.to_string(),
+            "--count",
+            &plan.rr_count.to_string(),
+        ],
         Duration::from_secs(120),
     )?;
     let get = |k: &str| v[k].as_f64().with_context(|| format!("{k} in {v}"));
@@ -550,13 +626,21 @@ fn cps(c: &Competitor, env: &Env, plan: &Plan) -> Result<f64> {
     )?;
     let failed = v["failed"].as_u64().unwrap_or(0);
     if failed > 0 {
-        eprintln!("relay-bench: {}: {failed} connections failed during the cps test", c.key);
+        eprintln!(
+            "relay-bench: {}: {failed} connections failed during the cps test",
+            c.key
+        );
     }
     v["cps"].as_f64().context("cps")
 }
 
 /// Bytes per idle relayed connection, from a fresh relay process.
-fn idle_memory(c: &Competitor, env: &Env, plan: &Plan, running: &mut Running) -> Result<Option<f64>> {
+fn idle_memory(
+    c: &Competitor,
+    env: &Env,
+    plan: &Plan,
+    running: &mut Running,
+) -> Result<Option<f64>> {
     if running.echo.is_none() {
         return Ok(None);
     }
@@ -573,16 +657,27 @@ fn idle_memory(c: &Competitor, env: &Env, plan: &Plan, running: &mut Running) ->
         plan.idle_connections
     };
     // Warm up, so lazily allocated state is in the baseline.
-    latency(c, env, &Plan { rr_count: 200, ..*plan }, 64)?;
+    latency(
+        c,
+        env,
+        &Plan {
+            rr_count: 200,
+            ..*plan
+        },
+        64,
+    )?;
     std::thread::sleep(Duration::from_millis(300));
     let before = tree_pss(pid)?;
     let me = env.me.display().to_string();
     let to = c.target(c.ports.1);
-    let mut hold = topo::in_ns(c.client_ns(), &[&me, "hold", "--to", &to, "--count", &count.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut hold = topo::in_ns(
+        c.client_ns(),
+        &[&me, "hold", "--to", &to, "--count", &count.to_string()],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()?;
     let mut line = String::new();
     BufReader::new(hold.stdout.take().context("hold stdout")?).read_line(&mut line)?;
     if !line.starts_with("ready") {
@@ -602,13 +697,24 @@ pub fn run(opts: RunOpts) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root: it creates network namespaces");
     }
-    for (prog, pkg) in [("ip", "iproute2"), ("nft", "nftables"), ("ss", "iproute2"), ("iperf3", "iperf3"), ("haproxy", "haproxy"), ("socat", "socat")] {
+    for (prog, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("ss", "iproute2"),
+        ("iperf3", "iperf3"),
+        ("haproxy", "haproxy"),
+        ("socat", "socat"),
+    ] {
         if which(prog).is_none() {
             bail!("{prog} is missing: install {pkg} (deploy/local/install-deps.sh)");
         }
     }
-    let vmpod = std::fs::canonicalize(&opts.vmpod)
-        .with_context(|| format!("the vmpod binary {} (build it: cargo build --release)", opts.vmpod.display()))?;
+    let vmpod = std::fs::canonicalize(&opts.vmpod).with_context(|| {
+        format!(
+            "the vmpod binary {} (build it: cargo build --release)",
+            opts.vmpod.display()
+        )
+    })?;
     let plan = Plan::new(&opts);
     let measures: Vec<String> = opts
         .measure
@@ -653,11 +759,20 @@ pub fn run(opts: RunOpts) -> Result<()> {
     eprintln!("relay-bench: {plan:?}; load {}", context.load_before);
     let topology = Topology::create()?;
     let servers = start_servers(&env)?;
-    let mut running: Vec<Running> = wanted.iter().map(|c| start(c, &env)).collect::<Result<_>>()?;
+    let mut running: Vec<Running> = wanted
+        .iter()
+        .map(|c| start(c, &env))
+        .collect::<Result<_>>()?;
     let mut results = Results::default();
     for rep in 0..plan.reps {
-        let order: Vec<usize> = (0..wanted.len()).map(|i| (i + rep) % wanted.len()).collect();
-        let each = |results: &mut Results, running: &mut Vec<Running>, what: &str, f: &mut dyn FnMut(&Competitor, &mut Running, &mut Results) -> Result<()>| -> Result<()> {
+        let order: Vec<usize> = (0..wanted.len())
+            .map(|i| (i + rep) % wanted.len())
+            .collect();
+        let each = |results: &mut Results,
+                    running: &mut Vec<Running>,
+                    what: &str,
+                    f: &mut dyn FnMut(&Competitor, &mut Running, &mut Results) -> Result<()>|
+         -> Result<()> {
             for &i in &order {
                 let c = wanted[i];
                 for p in &mut running[i].procs {
@@ -691,7 +806,10 @@ pub fn run(opts: RunOpts) -> Result<()> {
             for (size, name) in [(64, "lat64"), (1024, "lat1k")] {
                 each(&mut results, &mut running, name, &mut |c, _, results| {
                     let [p50, p99, p999] = latency(c, &env, &plan, size)?;
-                    eprintln!("rep {rep} {name:<11} {:<16} p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs", c.key);
+                    eprintln!(
+                        "rep {rep} {name:<11} {:<16} p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs",
+                        c.key
+                    );
                     results.add(&format!("{name}_p50"), c.key, rep, p50);
                     results.add(&format!("{name}_p99"), c.key, rep, p99);
                     results.add(&format!("{name}_p999"), c.key, rep, p999);
@@ -708,13 +826,18 @@ pub fn run(opts: RunOpts) -> Result<()> {
             })?;
         }
         if measures.iter().any(|m| m == "memory") {
-            each(&mut results, &mut running, "memory", &mut |c, r, results| {
-                if let Some(bytes) = idle_memory(c, &env, &plan, r)? {
-                    eprintln!("rep {rep} memory      {:<16} {bytes:8.0} B/conn", c.key);
-                    results.add("mem", c.key, rep, bytes / 1024.0);
-                }
-                Ok(())
-            })?;
+            each(
+                &mut results,
+                &mut running,
+                "memory",
+                &mut |c, r, results| {
+                    if let Some(bytes) = idle_memory(c, &env, &plan, r)? {
+                        eprintln!("rep {rep} memory      {:<16} {bytes:8.0} B/conn", c.key);
+                        results.add("mem", c.key, rep, bytes / 1024.0);
+                    }
+                    Ok(())
+                },
+            )?;
         }
     }
     drop(running);
@@ -728,7 +851,11 @@ pub fn run(opts: RunOpts) -> Result<()> {
     std::fs::write(&md_path, &md)?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     println!("{md}");
-    eprintln!("relay-bench: wrote {} and {}", md_path.display(), json_path.display());
+    eprintln!(
+        "relay-bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
     Ok(())
 }
 

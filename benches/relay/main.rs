@@ -78,6 +78,12 @@ enum Tool {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// Creates the namespaces and rules and leaves them (for profiling by
+    /// hand); `--down` removes them.
+    Topology {
+        #[arg(long)]
+        down: bool,
+    },
     /// Opens COUNT connections, one exchange each, prints `ready`, holds
     /// them until stdin closes.
     Hold {
@@ -100,6 +106,11 @@ fn main() -> ExitCode {
             concurrency,
         }) => tools::cps(to, secs, concurrency),
         Some(Tool::Hold { to, count }) => tools::hold(to, count),
+        Some(Tool::Topology { down: true }) => {
+            topology::remove();
+            Ok(())
+        }
+        Some(Tool::Topology { down: false }) => topology::Topology::create().map(std::mem::forget),
         None => bench::run(cli.run),
     };
     match result {

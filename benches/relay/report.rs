@@ -18,7 +18,12 @@ struct Metric {
     higher_is_better: bool,
 }
 
-const fn m(key: &'static str, label: &'static str, unit: &'static str, higher_is_better: bool) -> Metric {
+const fn m(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+) -> Metric {
     Metric {
         key,
         label,
@@ -28,10 +33,30 @@ const fn m(key: &'static str, label: &'static str, unit: &'static str, higher_is
 }
 
 const METRICS: [Metric; 12] = [
-    m("tput1_up", "throughput, 1 stream, client→server", "Gbit/s", true),
-    m("tput1_down", "throughput, 1 stream, server→client", "Gbit/s", true),
-    m("tput4_up", "throughput, 4 streams, client→server", "Gbit/s", true),
-    m("tput4_down", "throughput, 4 streams, server→client", "Gbit/s", true),
+    m(
+        "tput1_up",
+        "throughput, 1 stream, client→server",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "tput1_down",
+        "throughput, 1 stream, server→client",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "tput4_up",
+        "throughput, 4 streams, client→server",
+        "Gbit/s",
+        true,
+    ),
+    m(
+        "tput4_down",
+        "throughput, 4 streams, server→client",
+        "Gbit/s",
+        true,
+    ),
     m("lat64_p50", "latency 64 B p50", "µs", false),
     m("lat64_p99", "latency 64 B p99", "µs", false),
     m("lat64_p999", "latency 64 B p99.9", "µs", false),
@@ -42,7 +67,12 @@ const METRICS: [Metric; 12] = [
     m("mem", "memory per idle connection", "KiB", false),
 ];
 
-const CPU: Metric = m("cpu", "CPU per GB relayed (relay process)", "CPU s/GB", false);
+const CPU: Metric = m(
+    "cpu",
+    "CPU per GB relayed (relay process)",
+    "CPU s/GB",
+    false,
+);
 
 /// metric → competitor → repetition → value
 #[derive(Default)]
@@ -59,7 +89,10 @@ impl Results {
     }
 
     fn reps(&self, metric: &str, competitor: &str) -> Option<&BTreeMap<usize, f64>> {
-        self.0.get(metric)?.get(competitor).filter(|r| !r.is_empty())
+        self.0
+            .get(metric)?
+            .get(competitor)
+            .filter(|r| !r.is_empty())
     }
 
     /// Per-repetition ratios of `a` to `b`, their median.
@@ -75,7 +108,11 @@ impl Results {
     /// Per-repetition differences `a - b`, their median.
     fn added(&self, metric: &str, a: &str, b: &str) -> Option<f64> {
         let (ra, rb) = (self.reps(metric, a)?, self.reps(metric, b)?);
-        median(ra.iter().filter_map(|(rep, va)| rb.get(rep).map(|vb| va - vb)).collect())
+        median(
+            ra.iter()
+                .filter_map(|(rep, va)| rb.get(rep).map(|vb| va - vb))
+                .collect(),
+        )
     }
 }
 
@@ -85,7 +122,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 struct Summary {
@@ -110,7 +151,9 @@ fn summary(results: &Results, metric: &str, c: &Competitor) -> Option<Summary> {
         vs_kernel: (c.key != c.kernel_ref())
             .then(|| results.ratio(metric, c.key, c.kernel_ref()))
             .flatten(),
-        vs_haproxy: (c.key != HAPROXY).then(|| results.ratio(metric, c.key, HAPROXY)).flatten(),
+        vs_haproxy: (c.key != HAPROXY)
+            .then(|| results.ratio(metric, c.key, HAPROXY))
+            .flatten(),
     })
 }
 
@@ -130,8 +173,32 @@ fn output(argv: &[&str]) -> String {
         .args(&argv[1..])
         .output()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `socat -V` names its authors first, then its version.
+fn socat_version() -> String {
+    Command::new("socat")
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.starts_with("socat version"))
+                .map(|l| l.split(" on ").next().unwrap_or(l).to_string())
         })
         .unwrap_or_default()
 }
@@ -147,8 +214,10 @@ impl Context {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| {
-                c.lines()
-                    .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+                c.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+                })
             })
             .unwrap_or_default();
         Context {
@@ -160,9 +229,9 @@ impl Context {
                 "kernel": output(&["uname", "-r"]),
                 "cpu": cpu,
                 "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-                "haproxy": output(&["haproxy", "-v"]),
+                "haproxy": output(&["haproxy", "-v"]).split(" - ").next().unwrap_or("").to_string(),
                 "iperf3": output(&["iperf3", "--version"]),
-                "socat": output(&["socat", "-V"]).replace("socat by Gerhard Rieger and contributors - see www.dest-unreach.org", ""),
+                "socat": socat_version(),
                 "vmpod_commit": output(&["git", "rev-parse", "--short", "HEAD"]),
             }),
             plan: *plan,
@@ -206,7 +275,10 @@ fn targets(results: &Results, competitors: &[&Competitor]) -> Vec<Target> {
     let mut out = Vec::new();
     for c in competitors.iter().filter(|c| c.is_vmpod()) {
         for key in ["tput1_up", "tput1_down", "tput4_up", "tput4_down"] {
-            let label = METRICS.iter().find(|m| m.key == key).map_or(key, |m| m.label);
+            let label = METRICS
+                .iter()
+                .find(|m| m.key == key)
+                .map_or(key, |m| m.label);
             let h = results.ratio(key, c.key, HAPROXY);
             out.push(Target {
                 relay: c.key,
@@ -231,7 +303,9 @@ fn targets(results: &Results, competitors: &[&Competitor]) -> Vec<Target> {
                 relay: c.key,
                 what: format!("p99 added over the kernel path, {size} (µs)"),
                 measured: mine,
-                goal: theirs.map_or("≤ haproxy's".into(), |t| format!("≤ haproxy's {}", fmt(t))),
+                goal: theirs.map_or("≤ haproxy's".into(), |t| {
+                    format!("≤ haproxy's {}", fmt(t))
+                }),
                 met: mine.zip(theirs).map(|(m, t)| m <= t),
             });
         }
@@ -243,7 +317,9 @@ fn targets(results: &Results, competitors: &[&Competitor]) -> Vec<Target> {
             goal: "≥ 1.0".into(),
             met: cps.map(|r| r >= 1.0),
         });
-        let mem = results.reps("mem", c.key).and_then(|r| median(r.values().copied().collect()));
+        let mem = results
+            .reps("mem", c.key)
+            .and_then(|r| median(r.values().copied().collect()));
         out.push(Target {
             relay: c.key,
             what: "memory per idle connection (KiB)".into(),
@@ -283,7 +359,10 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
         p.cps_concurrency,
         p.idle_connections,
         p.idle_connections_socat,
-        ctx.vmpod_args.as_ref().map(|a| format!("; vmpod relay extra arguments `{a}`")).unwrap_or_default(),
+        ctx.vmpod_args
+            .as_ref()
+            .map(|a| format!("; vmpod relay extra arguments `{a}`"))
+            .unwrap_or_default(),
     );
     md += "Egress competitors carry guest → cluster connections, ingress ones cluster → pod address → guest. \
            \"× kernel\" compares with the kernel path of the same side (egress: forwarding + masquerade; ingress: DNAT), \

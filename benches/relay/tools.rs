@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -21,23 +21,20 @@ pub fn serve(listen: &[SocketAddr]) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut tasks = Vec::new();
         for addr in listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("bind {addr}"))?;
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 loop {
                     if let Ok((s, _)) = listener.accept().await {
                         tokio::spawn(echo(s));
                     }
                 }
-            }));
+            });
         }
-        for t in tasks {
-            t.await?;
-        }
-        Ok(())
+        // Until the benchmark kills it.
+        std::future::pending::<Result<()>>().await
     })
 }
 
@@ -99,7 +96,8 @@ pub fn rr(to: SocketAddr, size: usize, count: usize) -> Result<()> {
         }
     }
     samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    let pct =
+        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     println!(
         "{}",

@@ -174,6 +174,9 @@ impl Drop for Topology {
     }
 }
 
+/// The TPROXY rules are vmpod's (src/net/firewall.rs): a SYN is never taken
+/// by the `socket transparent` rule, so a guest that reuses a source port
+/// whose relayed socket is in TIME_WAIT reaches the listener at once.
 fn rules() -> String {
     let (t, r) = (EGRESS_TPROXY, EGRESS_REDIRECT);
     let (k, g) = (INGRESS_KERNEL, (GUEST_IPERF, GUEST_ECHO));
@@ -181,7 +184,7 @@ fn rules() -> String {
         r#"table inet vmpb {{
   chain divert {{
     type filter hook prerouting priority mangle; policy accept;
-    iifname "virbr0" meta l4proto tcp socket transparent 1 meta mark set meta mark | 0x4000 accept
+    iifname "virbr0" tcp flags & (syn | ack) != syn socket transparent 1 meta mark set meta mark | 0x4000 accept
     iifname "virbr0" ip daddr {CLUSTER_IP} tcp dport {{ {}, {} }} tproxy ip to :{TPROXY_LISTEN} meta mark set meta mark | 0x4000 accept
   }}
   chain prerouting_nat {{
@@ -205,7 +208,10 @@ fn rules() -> String {
 pub fn remove() {
     for ns in [GUEST, POD, CLUSTER] {
         if let Ok(pids) = sh(None, &["ip", "netns", "pids", ns]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

@@ -150,6 +150,9 @@ pub enum Match {
     Proto(L4Proto),
     /// `meta l4proto != P`
     NotProto(L4Proto),
+    /// `tcp flags != syn / syn,ack`: any TCP segment but a connection's
+    /// first SYN.
+    NotInitialSyn,
     /// `socket transparent 1`: the packet belongs to a socket with
     /// IP_TRANSPARENT, i.e. one the egress listener accepted.
     TransparentSocket,
@@ -219,9 +222,13 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             priority: Priority::Mangle,
             rules: [
                 Some(Rule {
+                    // Not the first SYN: when the guest reuses a source
+                    // port whose relayed socket is still in TIME_WAIT, the
+                    // SYN would match that dead socket and be retried a
+                    // second later; it must reach the tproxy rule instead.
                     matches: vec![
                         Match::InInterface(net.bridge.clone()),
-                        Match::Proto(L4Proto::Tcp),
+                        Match::NotInitialSyn,
                         Match::TransparentSocket,
                     ],
                     actions: vec![Action::OrMark(egress.fwmark), Action::Accept],
@@ -630,6 +637,7 @@ impl fmt::Display for Match {
             }
             Match::Proto(p) => write!(f, "meta l4proto {p}"),
             Match::NotProto(p) => write!(f, "meta l4proto != {p}"),
+            Match::NotInitialSyn => f.write_str("tcp flags != syn / syn,ack"),
             Match::TransparentSocket => f.write_str("socket transparent 1"),
             Match::NotLocalDestination => f.write_str("fib daddr type != local"),
             Match::LocalDestination => f.write_str("fib daddr type local"),
@@ -705,7 +713,7 @@ mod tests {
 
     const TPROXY_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
          fib daddr type != local tproxy ip to :9401 meta mark set meta mark | 0x00004000 accept";
-    const SOCKET_RULE: &str = "iifname \"virbr0\" meta l4proto tcp socket transparent 1 \
+    const SOCKET_RULE: &str = "iifname \"virbr0\" tcp flags != syn / syn,ack socket transparent 1 \
          meta mark set meta mark | 0x00004000 accept";
     const REDIRECT_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
          fib daddr type != local redirect to :9401";
