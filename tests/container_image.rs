@@ -218,25 +218,6 @@ fn status_field(pid: i32, field: &str) -> String {
         .to_string()
 }
 
-fn descendants(root: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
-
 fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -339,7 +320,7 @@ fn the_image_runs_the_vm_unprivileged_as_pid_1_with_the_manifests_capabilities()
     }
 
     // qemu runs under vmpod, in the container, as a user other than root.
-    let qemu = descendants(pid)
+    let qemu = support::vm::descendants(pid)
         .into_iter()
         .find(|p| comm(*p).starts_with("qemu-system"))
         .unwrap_or_else(|| panic!("no qemu under the container's PID 1\n{}", container.logs()));

@@ -12,20 +12,25 @@ use nix::sys::socket::{
 };
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-/// A TCP listener; with `transparent`, it accepts connections addressed to
-/// any destination that TPROXY hands it (IP_TRANSPARENT).
-pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+/// A non-blocking, close-on-exec socket of `addr`'s family.
+fn nonblocking_socket(addr: SocketAddr, kind: SockType) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
     };
-    let fd: OwnedFd = socket(
+    Ok(socket(
         family,
-        SockType::Stream,
+        kind,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+/// A TCP listener; with `transparent`, it accepts connections addressed to
+/// any destination that TPROXY hands it (IP_TRANSPARENT).
+pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+    let fd = nonblocking_socket(addr, SockType::Stream)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if transparent {
         if addr.is_ipv4() {
@@ -93,17 +98,7 @@ pub fn abort(stream: TcpStream) {
 /// address of every datagram (IP_PKTINFO, IPV6_RECVPKTINFO). No SO_REUSEADDR:
 /// a port another socket holds must fail here, not be shared.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd: OwnedFd = socket(
-        family,
-        SockType::Datagram,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = nonblocking_socket(addr, SockType::Datagram)?;
     if addr.is_ipv4() {
         setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
     } else {

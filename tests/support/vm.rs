@@ -178,7 +178,8 @@ pub fn url_encode(text: &str) -> String {
         .collect()
 }
 
-fn descendants(root: i32) -> Vec<i32> {
+/// Every process below `root`, from /proc's children lists.
+pub fn descendants(root: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let mut todo = vec![root];
     while let Some(pid) = todo.pop() {
