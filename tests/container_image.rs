@@ -331,25 +331,7 @@ fn the_image_runs_the_vm_unprivileged_as_pid_1_with_the_manifests_capabilities()
     );
 
     // The guest's egress reaches a cluster server from the pod's address.
-    let www = sandbox.state.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("hello.txt"), "hello from the cluster\n").unwrap();
-    let server_log = sandbox.state.join("cluster-http.log");
-    let mut server = sandbox
-        .in_cluster(&[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            CLUSTER_IP,
-            "8080",
-            "--directory",
-        ])
-        .arg(&www)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&server_log).unwrap())
-        .spawn()
-        .expect("start the cluster's HTTP server");
+    let (server, server_log) = sandbox.cluster_http_server("hello from the cluster\n");
     let fetch = format!(
         "http://{POD_IP}:9080/cgi-bin/fetch?url=http%3A%2F%2F{CLUSTER_IP}%3A8080%2Fhello.txt&timeout=5"
     );
@@ -358,8 +340,7 @@ fn the_image_runs_the_vm_unprivileged_as_pid_1_with_the_manifests_capabilities()
         Duration::from_secs(30),
         || curl_from_cluster(&sandbox, &fetch),
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(fetched, "hello from the cluster\n");
     let seen = std::fs::read_to_string(&server_log).unwrap();
     assert!(

@@ -208,25 +208,7 @@ fn probes_metrics_logs_and_status_follow_the_guest_through_boot_traffic_and_a_qe
     );
 
     // Egress: M fetches by the guest through the proxy move its counter by M.
-    let www = vm.sandbox.state.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("hello.txt"), "hello\n").unwrap();
-    let mut server = vm
-        .sandbox
-        .in_cluster(&[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            CLUSTER_IP,
-            "8080",
-            "--directory",
-        ])
-        .arg(&www)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a cluster web server");
+    let (server, _log) = vm.sandbox.cluster_http_server("hello\n");
     let egress = relay_labels("egress", "egress", 9401);
     let hello = format!("http://{CLUSTER_IP}:8080/hello.txt");
     vm.sandbox
@@ -247,8 +229,7 @@ fn probes_metrics_logs_and_status_follow_the_guest_through_boot_traffic_and_a_qe
             (metric(&m, "vmpod_relay_connections_active", &egress) == Some(0.0)).then_some(m)
         },
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let eg = |m: &str| metric(m, "vmpod_relay_connections_accepted_total", &egress).unwrap();
     assert_eq!(
         eg(&after) - eg(&before),

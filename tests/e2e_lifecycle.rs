@@ -43,7 +43,7 @@ fn boots_serves_http_reaches_the_cluster_and_stops_gracefully() {
     );
 
     // Egress: the guest fetches from a cluster server, which sees the pod's address.
-    let (server, server_log) = vm.cluster_http_server("hello from the cluster\n");
+    let (server, server_log) = vm.sandbox.cluster_http_server("hello from the cluster\n");
     let url = format!("http://{CLUSTER_IP}:8080/hello.txt");
     let body = vm
         .sandbox

@@ -18,7 +18,9 @@ fn egress_reaches_the_cluster_as_the_pod(mode: &str) {
         &example_config(|t| t.replace("mode: tproxy", &format!("mode: {mode}"))),
     );
     vm.wait_guest_http();
-    let (server, log) = vm.cluster_http_server(&format!("hello via {mode}\n"));
+    let (server, log) = vm
+        .sandbox
+        .cluster_http_server(&format!("hello via {mode}\n"));
     let url = format!("http://{CLUSTER_IP}:8080/hello.txt");
     let body = vm.sandbox.wait_for(
         "a fetch through the egress proxy",

@@ -104,6 +104,32 @@ impl Sandbox {
         }
     }
 
+    /// A web server in the cluster namespace on CLUSTER_IP:8080 serving
+    /// `hello.txt` with `content`; it logs client addresses to the returned
+    /// file. Killed when the returned server is dropped.
+    pub fn cluster_http_server(&self, content: &str) -> (ClusterServer, PathBuf) {
+        let dir = self.state.join("www");
+        std::fs::create_dir_all(&dir).expect("create www dir");
+        std::fs::write(dir.join("hello.txt"), content).expect("write hello.txt");
+        let log = self.state.join("cluster-http.log");
+        let child = self
+            .in_cluster(&[
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                CLUSTER_IP,
+                "8080",
+                "--directory",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create server log"))
+            .spawn()
+            .expect("start the cluster web server");
+        (ClusterServer(child), log)
+    }
+
     pub fn pod_ns(&self) -> String {
         format!("{}-pod", self.name)
     }
@@ -218,6 +244,16 @@ impl Sandbox {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// A process in the cluster namespace, killed on drop.
+pub struct ClusterServer(pub std::process::Child);
+
+impl Drop for ClusterServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::guest::{VmSlot, ensure_built, vm_slot};
-use super::sandbox::{CLUSTER_IP, Sandbox, output_text, require};
+use super::sandbox::{Sandbox, output_text, require};
 
 pub const GUEST_IP: &str = "10.0.1.2";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -82,33 +82,6 @@ impl RunningVm {
         ))
     }
 
-    /// A web server in the cluster namespace on CLUSTER_IP:8080 serving
-    /// `hello.txt` with `content`; it logs client addresses to the returned
-    /// file. Killed when the returned server is dropped.
-    pub fn cluster_http_server(&self, content: &str) -> (ClusterServer, PathBuf) {
-        let dir = self.sandbox.state.join("www");
-        std::fs::create_dir_all(&dir).expect("create www dir");
-        std::fs::write(dir.join("hello.txt"), content).expect("write hello.txt");
-        let log = self.sandbox.state.join("cluster-http.log");
-        let child = self
-            .sandbox
-            .in_cluster(&[
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                CLUSTER_IP,
-                "8080",
-                "--directory",
-            ])
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create server log"))
-            .spawn()
-            .expect("start the cluster web server");
-        (ClusterServer(child), log)
-    }
-
     /// Waits until the guest's HTTP server answers from the pod.
     pub fn wait_guest_http(&self) -> String {
         let url = format!("http://{GUEST_IP}:9080/");
@@ -153,16 +126,6 @@ impl RunningVm {
             run(&["ip", "rule"]),
             run(&["ip", "-br", "link"])
         )
-    }
-}
-
-/// A process in the cluster namespace, killed on drop.
-pub struct ClusterServer(pub std::process::Child);
-
-impl Drop for ClusterServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
