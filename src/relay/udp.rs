@@ -253,7 +253,7 @@ async fn answer_loop(
     stats: Arc<RelayStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _active = ActiveGuard::new(&stats);
+    let active = ActiveGuard::new(&stats);
     let fd = listener.as_raw_fd();
     loop {
         let last = session.last.load(Ordering::Relaxed);
@@ -288,9 +288,12 @@ async fn answer_loop(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 if table.expire(reply.client, &session, idle) {
+                    // Not active before counted as expired: a reader of the
+                    // counters never sees a session as both.
+                    drop(active);
                     RelayStats::add(&stats.expired, 1);
                     tracing::debug!(relay = "ingress", name, client = %reply.client, "UDP session expired");
-                    break;
+                    return;
                 }
             }
             _ = shutdown.changed() => break,
