@@ -152,9 +152,12 @@ pub fn libvirt_credentials(config: &VmConfig) -> Result<Option<Vec<SaslUser>>, P
 /// The namespace-wide sysctls must hold their value or be settable; the
 /// per-interface ones are checked when their interface exists.
 pub fn sysctls(config: &VmConfig) -> Result<(), PreflightError> {
-    let bridge = format!(".{}.", config.network.bridge);
+    let bridge = config.network.bridge.as_str();
     for s in crate::net::sysctl::plan(config, None) {
-        if s.key.contains("<tap>") || s.key.contains(&bridge) {
+        if s.segments()
+            .iter()
+            .any(|seg| seg == "<tap>" || seg == bridge)
+        {
             continue;
         }
         crate::net::sysctl::check_settable(Path::new("/"), &s)?;

@@ -168,7 +168,7 @@ fn check_in_fresh_namespace(name: &str, config: &VmConfig) {
         echo '=== deleted'; nft list tables
         echo '=== sidecar'; nft list table inet sidecar
         "#,
-        &[Path::new(bridge), &script, &delete],
+        &[Path::new(bridge.as_str()), &script, &delete],
     );
     let section = |title: &str| -> String {
         let start = format!("=== {title}\n");

@@ -352,7 +352,7 @@ fn delete_bridge_removes_it_and_absent_is_ok() {
 }
 
 const V4: PolicyRoute = PolicyRoute {
-    fwmark: 0x4000,
+    fwmark: vmpod::config::Fwmark::DEFAULT,
     table: 4000,
     priority: 32000,
     ipv6: false,
@@ -362,8 +362,8 @@ const V4: PolicyRoute = PolicyRoute {
 fn rule_lines(r: &PolicyRoute) -> Vec<String> {
     let family = if r.ipv6 { "-6" } else { "-4" };
     let want = format!(
-        "{}:\tfrom all fwmark {:#x}/{:#x} lookup {}",
-        r.priority, r.fwmark, r.fwmark, r.table
+        "{}:\tfrom all fwmark {} lookup {}",
+        r.priority, r.fwmark, r.table
     );
     ip(&[family, "rule", "show"])
         .lines()

@@ -7,6 +7,7 @@
 
 mod locate;
 mod model;
+mod types;
 mod units;
 mod validate;
 
@@ -15,8 +16,9 @@ use std::path::Path;
 
 pub use locate::{FieldLocations, Position};
 pub use model::*;
+pub use types::{Fwmark, IFNAME_MAX_BYTES, ISTIO_MARKS, IfName, MacAddr};
 pub use units::{ByteSize, HumanDuration};
-pub use validate::{FileChecks, ISTIO_RESERVED_PORTS, Issue, Severity, parse_mac};
+pub use validate::{FileChecks, ISTIO_RESERVED_PORTS, Issue, Severity};
 
 /// The example VM, compiled in: what `vmpod` uses when no file is given.
 pub const EMBEDDED_EXAMPLE: &str = include_str!("../../domains/example.yaml");

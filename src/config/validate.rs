@@ -22,9 +22,6 @@ pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
     (15090, "Envoy Prometheus telemetry"),
 ];
 
-/// Marks Istio sets on packets; our fwmark must share no bit with them, or
-/// our policy rule would route the sidecar's packets.
-const ISTIO_MARKS: &[u32] = &[0x539, 0x111, 0x53a];
 /// Routing tables that must not be used: the kernel's own and Istio's.
 const RESERVED_TABLES: &[(u32, &str)] = &[
     (0, "unspec"),
@@ -161,15 +158,7 @@ impl Validator {
 
     fn network(&mut self, c: &VmConfig) {
         let net = &c.network;
-        if !is_interface_name(&net.bridge) {
-            self.error(
-                "network.bridge",
-                format!(
-                    "`{}` is not a valid interface name: 1 to 15 characters, no `/`, `:` or whitespace",
-                    net.bridge
-                ),
-            );
-        }
+        // network.bridge and network.mac are checked as they are read (IfName, MacAddr).
         let gw = net.gateway;
         let subnet = gw.trunc();
         let host_bits = gw.max_prefix_len() - gw.prefix_len();
@@ -211,21 +200,6 @@ impl Validator {
                 format!("{guest} is the network or broadcast address of {subnet}"),
             );
         }
-        if let Some(mac) = &net.mac {
-            match parse_mac(mac) {
-                None => self.error(
-                    "network.mac",
-                    format!(
-                        "`{mac}` is not a MAC address: write six hex octets, e.g. 52:54:00:12:34:56"
-                    ),
-                ),
-                Some(octets) if octets[0] & 1 == 1 => self.error(
-                    "network.mac",
-                    format!("`{mac}` is a multicast address: the first octet must be even"),
-                ),
-                Some(_) => {}
-            }
-        }
         if let super::model::Mtu::Fixed(mtu) = net.mtu {
             let min = if gw.addr().is_ipv4() { 576 } else { 1280 };
             if !(min..=65520).contains(&mtu) {
@@ -236,18 +210,7 @@ impl Validator {
             }
         }
         let eg = &net.egress;
-        if let Some(bit) = ISTIO_MARKS.iter().find(|m| *m & eg.fwmark != 0) {
-            self.error(
-                "network.egress.fwmark",
-                format!(
-                    "{:#x} shares bits with Istio's mark {bit:#x}: the policy rule would capture the sidecar's packets; use e.g. 0x4000",
-                    eg.fwmark
-                ),
-            );
-        }
-        if eg.fwmark == 0 {
-            self.error("network.egress.fwmark", "the mark must not be 0");
-        }
+        // network.egress.fwmark is checked as it is read (Fwmark).
         if let Some((_, why)) = RESERVED_TABLES.iter().find(|(t, _)| *t == eg.route_table) {
             self.error(
                 "network.egress.route_table",
@@ -474,30 +437,6 @@ fn is_dns_label(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
-}
-
-fn is_interface_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
-/// Six hex octets separated by `:`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for slot in &mut out {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *slot = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
 }
 
 fn first_host(subnet: &ipnet::IpNet) -> IpAddr {

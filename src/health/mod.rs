@@ -102,7 +102,7 @@ impl Health {
             egress_mode: net.egress.mode,
             egress_port: net.egress.listen_port,
             expect: Expectations {
-                bridge: net.bridge.clone(),
+                bridge: net.bridge.to_string(),
                 route: route::plan(config).map(|r| r.to_string()),
                 listeners,
             },
@@ -291,7 +291,7 @@ pub fn start(config: &VmConfig, health: Arc<Health>) -> Result<HealthService, Li
     })?;
     tracing::info!(%addr, "health endpoint listening: /healthz /readyz /metrics");
     let route = route::plan(config);
-    let bridge = config.network.bridge.clone();
+    let bridge = config.network.bridge.to_string();
     Ok(HealthService {
         addr,
         tasks: vec![

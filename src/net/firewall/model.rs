@@ -3,6 +3,8 @@
 
 use ipnet::IpNet;
 
+use crate::config::{Fwmark, IfName};
+
 use std::net::{IpAddr, SocketAddr};
 
 /// The whole of `table inet vmpod`, as data.
@@ -57,7 +59,8 @@ pub enum Priority {
 pub struct Rule {
     pub matches: Vec<Match>,
     pub actions: Vec<Action>,
-    /// Plain text without `"`; nft limits comments to 128 bytes.
+    /// Plain text; the renderer replaces what nft cannot carry in a
+    /// string (`"`, `\`, control characters) and cuts it to 128 bytes.
     pub comment: String,
 }
 
@@ -88,13 +91,13 @@ pub enum L4Proto {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {
     /// `iifname "B"`
-    InInterface(String),
+    InInterface(IfName),
     /// `iifname != "B"`
-    NotInInterface(String),
+    NotInInterface(IfName),
     /// `oifname "B"`
-    OutInterface(String),
+    OutInterface(IfName),
     /// `oifname != "B"`
-    NotOutInterface(String),
+    NotOutInterface(IfName),
     /// `ip saddr NET` (or `ip6`).
     Source(IpNet),
     /// `ip daddr NET` or `ip daddr { NET, ... }`; never empty.
@@ -125,8 +128,10 @@ pub enum Match {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// `meta mark set meta mark | M`: set the bits of M, keep the others.
-    OrMark(u32),
+    /// `meta mark set meta mark | M` when the mask is the mark (set the bits
+    /// of M, keep the others); with a wider mask, the mask's other bits are
+    /// cleared first, so that the policy rule `fwmark M/K` matches.
+    SetMark(Fwmark),
     /// `tproxy ip to :P` (or `ip6`).
     Tproxy(IpFamily, u16),
     /// `redirect to :P`

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::model::{
     Action, Chain, ChainType, FirewallPlan, Hook, IpFamily, L4Proto, Match, Priority, Rule,
 };
-use crate::config::{EgressMode, Ingress, Protocol, UdpEgress, VmConfig};
+use crate::config::{EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
 
 /// Render the table for `config`.
 pub fn plan(config: &VmConfig) -> FirewallPlan {
@@ -52,7 +52,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                         Match::NotInitialSyn,
                         Match::TransparentSocket,
                     ],
-                    actions: vec![Action::OrMark(egress.fwmark), Action::Accept],
+                    actions: vec![Action::SetMark(egress.fwmark), Action::Accept],
                     comment:
                         "packet of a connection the egress proxy holds: mark it for the local route"
                             .into(),
@@ -70,7 +70,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                     matches: guest.new_tcp(),
                     actions: vec![
                         Action::Tproxy(family, egress.listen_port),
-                        Action::OrMark(egress.fwmark),
+                        Action::SetMark(egress.fwmark),
                         Action::Accept,
                     ],
                     comment: format!(
@@ -278,7 +278,7 @@ fn service_ports(config: &VmConfig) -> Vec<u16> {
 
 /// The parts of a rule every guest-facing rule starts with.
 struct Guest<'a> {
-    bridge: &'a str,
+    bridge: &'a IfName,
     subnet: IpNet,
     family: IpFamily,
 }
@@ -287,7 +287,7 @@ impl Guest<'_> {
     /// Guest TCP entering from the bridge to an address not of this pod.
     fn new_tcp(&self) -> Vec<Match> {
         vec![
-            Match::InInterface(self.bridge.into()),
+            Match::InInterface(self.bridge.clone()),
             Match::Source(self.subnet),
             Match::Proto(L4Proto::Tcp),
             Match::NotLocalDestination,
@@ -297,7 +297,7 @@ impl Guest<'_> {
     fn exclusions_return(&self, exclude: &[IpNet]) -> Option<Rule> {
         (!exclude.is_empty()).then(|| Rule {
             matches: vec![
-                Match::InInterface(self.bridge.into()),
+                Match::InInterface(self.bridge.clone()),
                 Match::Source(self.subnet),
                 Match::DestinationIn(self.family, exclude.to_vec()),
             ],
@@ -310,7 +310,7 @@ impl Guest<'_> {
     fn masquerade(&self, extra: Vec<Match>, comment: &str) -> Rule {
         let mut matches = vec![
             Match::Source(self.subnet),
-            Match::NotOutInterface(self.bridge.into()),
+            Match::NotOutInterface(self.bridge.clone()),
         ];
         matches.extend(extra);
         Rule {

@@ -83,7 +83,7 @@ impl fmt::Display for Rule {
         for a in &self.actions {
             write!(f, "{a} ")?;
         }
-        write!(f, "comment \"{}\"", self.comment)
+        write!(f, "comment {}", Quoted(&self.comment))
     }
 }
 
@@ -110,10 +110,10 @@ impl fmt::Display for L4Proto {
 impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Match::InInterface(name) => write!(f, "iifname \"{name}\""),
-            Match::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
-            Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
-            Match::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
+            Match::InInterface(name) => write!(f, "iifname {}", Quoted(name)),
+            Match::NotInInterface(name) => write!(f, "iifname != {}", Quoted(name)),
+            Match::OutInterface(name) => write!(f, "oifname {}", Quoted(name)),
+            Match::NotOutInterface(name) => write!(f, "oifname != {}", Quoted(name)),
             Match::Source(net) => write!(f, "{} saddr {}", IpFamily::of(net), Prefix(net)),
             Match::DestinationIn(family, nets) => {
                 write!(f, "{family} daddr ")?;
@@ -146,6 +146,41 @@ impl fmt::Display for Match {
     }
 }
 
+/// nft's limit on a rule comment, in bytes.
+pub(crate) const COMMENT_MAX_BYTES: usize = 128;
+
+/// A string as an nft double-quoted literal. nft's scanner has no escape
+/// sequences: a `"` always ends the string and a `\` is kept as written, so
+/// neither can be escaped. Every string vmpod writes goes through here:
+/// `"`, `\` and control characters become `_` and the text is cut to
+/// [`COMMENT_MAX_BYTES`], so no value can end the literal and inject nft
+/// syntax. Interface names ([`crate::config::IfName`]) never contain such
+/// characters, so they are written unchanged and the kernel's listing still
+/// equals the plan.
+pub(crate) struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::with_capacity(self.0.len() + 2);
+        out.push('"');
+        let mut used = 0;
+        for c in self.0.chars() {
+            let c = if c == '"' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            };
+            used += c.len_utf8();
+            if used > COMMENT_MAX_BYTES {
+                break;
+            }
+            out.push(c);
+        }
+        out.push('"');
+        f.write_str(&out)
+    }
+}
+
 /// A network as `nft list` prints it: a single host without `/32` or `/128`.
 struct Prefix<'a>(&'a IpNet);
 
@@ -163,7 +198,17 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // Eight hex digits, as `nft list` prints a mark.
-            Action::OrMark(mark) => write!(f, "meta mark set meta mark | {mark:#010x}"),
+            Action::SetMark(m) if m.mask() == m.mark() => {
+                write!(f, "meta mark set meta mark | {:#010x}", m.mark())
+            }
+            // nft lists the AND mask without the bits the OR sets anyway:
+            // `& ~(mask & ~mark) | mark`, the same result.
+            Action::SetMark(m) => write!(
+                f,
+                "meta mark set meta mark & {:#010x} | {:#010x}",
+                !(m.mask() & !m.mark()),
+                m.mark()
+            ),
             // The family is required in an inet table: nft cannot tell
             // whether `:P` means an IPv4 or an IPv6 socket.
             Action::Tproxy(family, port) => write!(f, "tproxy {family} to :{port}"),

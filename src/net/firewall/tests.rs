@@ -312,3 +312,30 @@ fn dnat_to_an_ipv6_guest_has_no_loopback_snat() {
     );
     assert!(!s.contains("snat"), "{s}");
 }
+
+#[test]
+fn strings_cannot_end_their_nft_literal() {
+    use super::render::Quoted;
+    assert_eq!(Quoted("br0").to_string(), "\"br0\"");
+    assert_eq!(
+        Quoted("a\"; flush ruleset; \\\n").to_string(),
+        "\"a_; flush ruleset; __\""
+    );
+    let long = "x".repeat(200);
+    assert_eq!(Quoted(&long).to_string().len(), 128 + 2);
+    let mut p = plan(&config(""));
+    p.chains[0].rules[0].comment = "say \"hi\"".into();
+    assert!(p.to_string().contains("comment \"say _hi_\""), "{p}");
+}
+
+#[test]
+fn a_mask_wider_than_the_mark_clears_its_bits_first() {
+    let s = script("network:\n  egress:\n    fwmark: \"0x4000/0xc000\"\n");
+    // As `nft list` prints it: the AND leaves out the bit the OR sets.
+    assert_eq!(
+        s.matches("meta mark set meta mark & 0xffff7fff | 0x00004000")
+            .count(),
+        2,
+        "{s}"
+    );
+}
