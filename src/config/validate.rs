@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::model::{DiskBus, DisplayKind, IngressMode, Protocol, VmConfig};
 use crate::consoles;
+use crate::host::HostLimits;
 
 /// Ports the Istio sidecar binds or captures in the pod namespace.
 pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
@@ -54,12 +55,13 @@ pub enum FileChecks {
     Warn,
 }
 
-pub fn validate(config: &VmConfig, files: FileChecks) -> Vec<Issue> {
+pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Vec<Issue> {
     let mut v = Validator {
         issues: Vec::new(),
         files,
     };
     v.identity(config);
+    v.host_limits(config, limits);
     v.boot(config);
     v.network(config);
     v.ports(config);
@@ -84,6 +86,10 @@ impl Validator {
 
     /// True when the file is there to be read.
     fn file_exists(&mut self, field: impl Into<String>, path: &Path, what: &str) -> bool {
+        let field = field.into();
+        if !self.path_text(&field, path) {
+            return false;
+        }
         if !path.is_absolute() {
             self.error(
                 field,
@@ -132,6 +138,56 @@ impl Validator {
         }
     }
 
+    /// What the guest asks for must fit what the host and the cgroup can
+    /// give; otherwise qemu fails (or the OOM killer strikes) long after
+    /// `check` said ok.
+    fn host_limits(&mut self, c: &VmConfig, limits: &HostLimits) {
+        if let Some(limit) = &limits.memory
+            && c.memory.0 > limit.value
+        {
+            self.error(
+                "memory",
+                format!(
+                    "{} is more than this host can give: at most {} ({} bytes, from {}); lower memory or raise the pod's memory limit",
+                    c.memory,
+                    approximate(limit.value),
+                    limit.value,
+                    limit.source
+                ),
+            );
+        }
+        if let Some(limit) = &limits.cpus
+            && (1..=256).contains(&c.cpus)
+            && u64::from(c.cpus) > limit.value
+        {
+            self.error(
+                "cpus",
+                format!(
+                    "{} is more than the {} CPUs vmpod may use here (from {}); lower cpus or raise the pod's CPU limit",
+                    c.cpus, limit.value, limit.source
+                ),
+            );
+        }
+    }
+
+    /// A path that reaches the domain XML or a file open: absolute, and
+    /// without control characters (a newline or NUL cannot be written in
+    /// libvirt's XML, and would not name the file the user meant).
+    fn path_text(&mut self, field: &str, path: &Path) -> bool {
+        let text = path.to_string_lossy();
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            self.error(
+                field,
+                format!(
+                    "`{}` contains the control character {c:?}: a path must not hold newlines, tabs or NUL",
+                    text.escape_debug()
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     fn boot(&mut self, c: &VmConfig) {
         if c.boot.is_none() && c.disks.is_empty() {
             self.error(
@@ -140,6 +196,14 @@ impl Validator {
             );
         }
         if let Some(boot) = &c.boot {
+            if let Some(ch) = boot.cmdline.chars().find(|c| c.is_control()) {
+                self.error(
+                    "boot.cmdline",
+                    format!(
+                        "contains the control character {ch:?}: the kernel command line is one line of printable text"
+                    ),
+                );
+            }
             self.file_exists("boot.kernel", &boot.kernel, "kernel");
             if let Some(initrd) = &boot.initrd {
                 self.file_exists("boot.initrd", initrd, "initrd");
@@ -437,6 +501,16 @@ fn is_dns_label(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// A byte count for people: `23.5Gi`, `512.0Mi`.
+fn approximate(bytes: u64) -> String {
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    if gib >= 1.0 {
+        format!("{gib:.1}Gi")
+    } else {
+        format!("{:.1}Mi", bytes as f64 / f64::from(1u32 << 20))
+    }
 }
 
 fn first_host(subnet: &ipnet::IpNet) -> IpAddr {

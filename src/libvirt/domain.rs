@@ -655,6 +655,7 @@ mod tests {
         let kvm_host = HostFacts {
             kvm_usable: true,
             uplink_mtu: None,
+            ..HostFacts::fixed()
         };
         let kvm = render(&c, &kvm_host, None).unwrap();
         assert!(kvm.starts_with(r#"<domain type="kvm">"#), "{kvm}");
