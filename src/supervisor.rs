@@ -111,6 +111,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     let plan = Plan::build(&config, &facts, password.as_ref().map(Secret::expose))?;
     preflight::ports(&plan.listeners, &config)?;
     preflight::sysctls(&config)?;
+    preflight::qemu_access(&config)?;
     // The endpoint answers from the start: alive, and not ready while booting.
     let health = Health::new(&config, started);
     let _health_service = health::start(&config, health.clone())?;
