@@ -46,10 +46,8 @@ pub enum InitError {
 /// should exit with.
 pub fn run(program: OsString, args: Vec<OsString>) -> Result<i32, InitError> {
     if nix::unistd::getpid().as_raw() != 1 {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if rc != 0 {
-            tracing::warn!(error = %Errno::last(), "cannot become a child subreaper; orphans will not be reaped by vmpod");
+        if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(%error, "cannot become a child subreaper; orphans will not be reaped by vmpod");
         }
     }
     let mut waited = SigSet::empty();

@@ -128,7 +128,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         )
     });
 
-    let libvirt = Libvirt::spawn(SYSTEM_URI);
+    let libvirt = Libvirt::spawn(SYSTEM_URI)?;
     let guest = Guest::new(libvirt.clone(), &config.name);
     let mut sup = Supervisor {
         config,
