@@ -40,28 +40,34 @@ pub enum PreflightError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{field}: qemu runs as {user} (uid {uid}, gid {gid}) and cannot {verb} {}, so it cannot open {}; fix: {fix}",
-        blocked.display(),
-        path.display()
-    )]
-    QemuCannotOpen {
-        field: String,
-        path: PathBuf,
-        user: String,
-        uid: u32,
-        gid: u32,
-        /// `search` (a directory), `read` or `write` (the file).
-        verb: &'static str,
-        /// The directory or file whose mode bits refuse the user.
-        blocked: PathBuf,
-        fix: String,
-    },
+    #[error(transparent)]
+    QemuCannotOpen(Box<QemuRefusal>),
     #[error("{field}: {source}")]
     Secret {
         field: &'static str,
         source: crate::consoles::ConsoleError,
     },
+}
+
+/// qemu's user cannot reach or open a file (boxed in [`PreflightError`]:
+/// it is large).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{field}: qemu runs as {user} (uid {uid}, gid {gid}) and cannot {verb} {}, so it cannot open {}; fix: {fix}",
+    blocked.display(),
+    path.display()
+)]
+pub struct QemuRefusal {
+    pub field: String,
+    pub path: PathBuf,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// `search` (a directory), `read` or `write` (the file).
+    pub verb: &'static str,
+    /// The directory or file whose mode bits refuse the user.
+    pub blocked: PathBuf,
+    pub fix: String,
 }
 
 const PROGRAMS: &[(&str, &str, &str)] = &[
@@ -311,8 +317,8 @@ pub fn qemu_can_open(
     ownership: FileOwnership,
 ) -> Result<(), PreflightError> {
     for file in files {
-        let refused =
-            |verb: &'static str, blocked: &Path, fix: String| PreflightError::QemuCannotOpen {
+        let refused = |verb: &'static str, blocked: &Path, fix: String| {
+            PreflightError::QemuCannotOpen(Box::new(QemuRefusal {
                 field: file.field.clone(),
                 path: file.path.clone(),
                 user: user.name.clone(),
@@ -321,7 +327,8 @@ pub fn qemu_can_open(
                 verb,
                 blocked: blocked.to_path_buf(),
                 fix,
-            };
+            }))
+        };
         let missing = |source| PreflightError::QemuFileMissing {
             field: file.field.clone(),
             path: file.path.clone(),

@@ -39,6 +39,7 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListen
             // nix has no IPV6_TRANSPARENT.
             let one: libc::c_int = 1;
             // SAFETY: a valid fd and a c_int option value of the right size.
+            #[allow(unsafe_code)]
             let rc = unsafe {
                 libc::setsockopt(
                     fd.as_raw_fd(),
