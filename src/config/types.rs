@@ -113,8 +113,15 @@ impl<'de> Deserialize<'de> for IfName {
 /// A unicast Ethernet address for the guest's NIC: not multicast (which
 /// includes broadcast) and not all zeros, since neither can be a NIC's own
 /// address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MacAddr([u8; 6]);
+
+/// As written in the config: the effective config is logged with `Debug`.
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacAddr({self})")
+    }
+}
 
 impl MacAddr {
     /// Checks the octets; the error says why they cannot be a guest's address.
@@ -193,7 +200,7 @@ pub const ISTIO_MARKS: &[u32] = &[0x539, 0x111, 0x53a];
 /// `"0x4000/0xc000"`. Neither may share a bit with Istio's marks: the rule
 /// would then route (or fail to route) packets depending on the sidecar's
 /// bits, and setting ours would corrupt them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fwmark {
     mark: u32,
     mask: u32,
@@ -231,6 +238,13 @@ impl Fwmark {
 
     pub fn mask(self) -> u32 {
         self.mask
+    }
+}
+
+/// In hex, as marks are written: the effective config is logged with `Debug`.
+impl fmt::Debug for Fwmark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fwmark({self})")
     }
 }
 
