@@ -43,6 +43,11 @@ fn script_replaces_only_our_table_atomically() {
 #[test]
 fn delete_script_removes_the_table() {
     assert_eq!(FirewallPlan::delete_script(), "delete table inet vmpod\n");
+    // The literal (a &'static str) spells the same table as the constants.
+    assert_eq!(
+        FirewallPlan::delete_script(),
+        format!("delete table {TABLE_FAMILY} {TABLE_NAME}\n")
+    );
 }
 
 #[test]
