@@ -109,11 +109,11 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     let password = preflight::display_password(&config)?;
     let sasl_users = preflight::libvirt_credentials(&config)?;
     let plan = Plan::build(&config, &facts, password.as_ref().map(Secret::expose))?;
-    preflight::ports(&plan.listeners, &config)?;
-    preflight::sysctls(&config)?;
+    preflight::ports(&plan.listeners)?;
+    preflight::sysctls(&plan.network)?;
     // The endpoint answers from the start: alive, and not ready while booting.
-    let health = Health::new(&config, started);
-    let _health_service = health::start(&config, health.clone())?;
+    let health = Health::new(&plan, started);
+    let _health_service = health::start(&plan, health.clone())?;
     let _qemu_log = LogTail::spawn(
         logtail::qemu_log_path(&config.name),
         Source::Qemu,
@@ -216,9 +216,10 @@ impl Supervisor {
         )
         .await?;
 
-        let mtu = HostFacts::detect().mtu(&self.config);
-        let network = self.network.insert(NetworkSetup::new(&self.config)?);
-        step(&self.health, "create bridge", network.bridge(mtu)).await?;
+        let network = self
+            .network
+            .insert(NetworkSetup::new(self.plan.network.clone())?);
+        step(&self.health, "create bridge", network.bridge()).await?;
 
         let defined = step(
             &self.health,
@@ -231,7 +232,7 @@ impl Supervisor {
         // Listeners open only once the guest is up: until then a client is
         // refused rather than held.
         let relays = step(&self.health, "open relays", async {
-            Relays::start(&self.config)
+            Relays::start(&self.plan.relays)
         })
         .await?;
         self.health.relays(&relays);
@@ -247,7 +248,7 @@ impl Supervisor {
 
     fn write_daemon_config(&self) -> Result<(), SupervisorError> {
         use std::os::unix::fs::PermissionsExt;
-        for file in daemon_config::files(&self.config) {
+        for file in &self.plan.daemon_files {
             let write = || -> std::io::Result<()> {
                 if let Some(dir) = file.path.parent() {
                     std::fs::create_dir_all(dir)?;
@@ -402,7 +403,7 @@ impl Supervisor {
 
     /// Restores kernel state vmpod owns when someone removed it.
     async fn reconcile(&mut self) {
-        if let Some(network) = &self.network {
+        if let Some(network) = &mut self.network {
             let restored = network.reconcile().await;
             self.health.reconciled(&restored);
         }
@@ -424,12 +425,12 @@ impl Supervisor {
         }
         let errors = match &mut self.network {
             Some(network) => network.teardown().await,
-            None => Vec::new(),
+            None => Default::default(),
         };
         while let Some(daemon) = self.daemons.pop() {
             daemon.stop().await;
         }
-        for e in &errors {
+        for e in &errors.0 {
             tracing::error!(error = %e, "teardown step failed");
         }
         tracing::info!(

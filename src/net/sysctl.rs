@@ -30,11 +30,30 @@ impl Sysctl {
     }
 }
 
+/// Stands for the guest's tap in a planned key until the tap is known.
+pub const TAP_PLACEHOLDER: &str = "<tap>";
+
+/// The planned sysctls with the guest's tap in place of [`TAP_PLACEHOLDER`].
+pub fn for_tap(planned: &[Sysctl], tap: &str) -> Vec<Sysctl> {
+    planned
+        .iter()
+        .map(|s| Sysctl {
+            key: s
+                .key
+                .split('.')
+                .map(|seg| if seg == TAP_PLACEHOLDER { tap } else { seg })
+                .collect::<Vec<_>>()
+                .join("."),
+            ..s.clone()
+        })
+        .collect()
+}
+
 /// The sysctls for `config`, with `tap` the guest's tap once it is known
 /// (rendered as `<tap>` before that).
 pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
     let bridge = &config.network.bridge;
-    let tap = tap.unwrap_or("<tap>");
+    let tap = tap.unwrap_or(TAP_PLACEHOLDER);
     let v6 = config.network.gateway.addr().is_ipv6();
     let mut list = vec![if v6 {
         Sysctl::new(
