@@ -194,7 +194,7 @@ fn render(file: Option<PathBuf>, what: What) -> ExitCode {
     };
     match what {
         What::Domain => print!("{}", plan.domain_xml),
-        What::Firewall => print!("{}", plan.firewall_script),
+        What::Firewall => print!("{}", plan.firewall_script()),
         What::Plan => print!("{plan}"),
         What::Sidecar => print!("{}", vmpod::sidecar::plan(&loaded.config)),
     }

@@ -1,36 +1,76 @@
-//! Everything `run` applies, computed from the config without touching the
-//! system: `config -> plan -> apply`. `vmpod render` prints it, and the golden
-//! tests pin it.
+//! Everything `run` applies, computed once from the config and the host's
+//! facts without touching the system: `config -> plan -> apply`. `vmpod
+//! render` prints the same value that `run` hands, part by part, to the
+//! network setup, the relays, the health endpoint, preflight and libvirt, so
+//! what `render` shows is what runs. No consumer derives anything from the
+//! config again.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{EgressMode, Protocol, ProxyProtocol, VmConfig};
+use crate::config::{EgressMode, Ingress, Protocol, ProxyProtocol, VmConfig};
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
 use crate::net::firewall;
-use crate::net::route::{self, PolicyRoute};
-use crate::net::sysctl::{self, Sysctl};
+use crate::net::route;
+use crate::net::setup::{BridgeSpec, NetworkPlan};
+use crate::net::sysctl;
+use crate::relay::copy::Timeouts;
+use crate::relay::proxy::ProxySettings;
+use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan};
+use crate::relay::udp::UdpSettings;
 
-/// A socket vmpod listens on.
+/// What a listener is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Egress,
+    /// An ingress port, by its name.
+    Ingress(String),
+    ConsoleDisplay,
+    ConsoleLibvirt,
+    Health,
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenerKind::Egress => f.write_str("egress"),
+            ListenerKind::Ingress(name) => write!(f, "ingress/{name}"),
+            ListenerKind::ConsoleDisplay => f.write_str("console/display"),
+            ListenerKind::ConsoleLibvirt => f.write_str("console/libvirt"),
+            ListenerKind::Health => f.write_str("health"),
+        }
+    }
+}
+
+/// A socket vmpod (or qemu, or libvirtd for the consoles) listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
-    /// What it is, e.g. `ingress/http` or `egress`.
-    pub name: String,
+    pub kind: ListenerKind,
+    /// The config field the port comes from, e.g. `network.ingress[1].port`.
+    pub field: String,
     pub protocol: Protocol,
     pub addr: SocketAddr,
+    /// Opened only when the pod has an IPv6 address.
+    pub only_with_pod_ipv6: bool,
     /// Where its traffic goes, in words.
     pub target: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The libvirt domain name.
+    pub domain: String,
+    pub egress_mode: EgressMode,
     pub domain_xml: String,
-    pub firewall_script: String,
-    pub sysctls: Vec<Sysctl>,
-    pub policy_route: Option<PolicyRoute>,
+    /// The bridge, sysctls, nft table and policy route.
+    pub network: NetworkPlan,
+    pub relays: RelayPlan,
+    /// Every listening socket: the relays', the consoles' and the health
+    /// endpoint's.
     pub listeners: Vec<Listener>,
+    pub health_addr: SocketAddr,
     pub daemon_files: Vec<ConfigFile>,
 }
 
@@ -42,17 +82,37 @@ impl Plan {
         facts: &HostFacts,
         display_password: Option<&str>,
     ) -> Result<Plan, DomainError> {
+        let relays = relays(config);
+        let health_addr = SocketAddr::new(any_addr(config), config.health.port);
         Ok(Plan {
+            domain: config.name.clone(),
+            egress_mode: config.network.egress.mode,
             domain_xml: domain::render(config, facts, display_password)?,
-            firewall_script: firewall::plan(config).script(),
-            sysctls: sysctl::plan(config, None),
-            policy_route: route::plan(config),
-            listeners: listeners(config),
+            network: NetworkPlan {
+                bridge: BridgeSpec {
+                    name: config.network.bridge.clone(),
+                    gateway: config.network.gateway,
+                    mtu: facts.mtu(config),
+                },
+                sysctls: sysctl::plan(config, None),
+                firewall: firewall::plan(config),
+                policy_route: route::plan(config),
+            },
+            listeners: listeners(config, &relays, health_addr),
+            relays,
+            health_addr,
             daemon_files: daemon_config::files(config),
         })
     }
+
+    /// The nft script `run` applies.
+    pub fn firewall_script(&self) -> String {
+        self.network.firewall.script()
+    }
 }
 
+/// The wildcard address of the guest network's family: vmpod's own
+/// listeners serve every pod address of that family.
 fn any_addr(config: &VmConfig) -> IpAddr {
     if config.network.gateway.addr().is_ipv6() {
         IpAddr::from([0u16; 8])
@@ -61,78 +121,155 @@ fn any_addr(config: &VmConfig) -> IpAddr {
     }
 }
 
-fn listeners(config: &VmConfig) -> Vec<Listener> {
-    let any = any_addr(config);
+fn egress_settings(config: &VmConfig) -> ProxySettings {
+    let e = &config.network.egress;
+    ProxySettings {
+        connect_timeout: e.connect_timeout.0,
+        timeouts: Timeouts {
+            idle: e.idle_timeout.0,
+            half_closed: e.half_close_timeout.0,
+        },
+        max_connections: e.max_connections,
+        proxy_protocol: None,
+    }
+}
+
+/// An ingress port's own limit and PROXY header; timeouts as egress.
+fn ingress_relay(egress: ProxySettings, ing: &Ingress, guest: SocketAddr) -> IngressRelay {
+    match ing.protocol {
+        Protocol::Tcp => IngressRelay::Tcp(ProxySettings {
+            max_connections: ing.max_connections(),
+            proxy_protocol: ing.proxy_protocol,
+            ..egress
+        }),
+        Protocol::Udp => IngressRelay::Udp(UdpSettings {
+            guest,
+            idle: ing.udp_idle_timeout(),
+            max_sessions: ing.max_sessions(),
+        }),
+    }
+}
+
+fn relays(config: &VmConfig) -> RelayPlan {
     let net = &config.network;
+    let settings = egress_settings(config);
+    let egress = net.egress.mode.uses_proxy().then(|| EgressSpec {
+        addr: SocketAddr::new(any_addr(config), net.egress.listen_port),
+        mode: net.egress.mode,
+        guarded_ports: config.own_ports(),
+        settings,
+    });
+    // Ingress listens on both families whatever the guest's: a client
+    // reaches the pod by whichever address it has. dnat ports have no
+    // listener: the firewall section shows their rules.
+    let ingress = net
+        .ingress
+        .iter()
+        .enumerate()
+        .filter(|(_, ing)| ing.is_proxied())
+        .map(|(i, ing)| {
+            let guest = SocketAddr::new(net.guest_ip, ing.guest_port());
+            IngressSpec {
+                name: ing.name.clone(),
+                field: format!("network.ingress[{i}].port"),
+                addrs: vec![
+                    SocketAddr::new(IpAddr::from([0u8; 4]), ing.port),
+                    SocketAddr::new(IpAddr::from([0u16; 8]), ing.port),
+                ],
+                guest,
+                relay: ingress_relay(settings, ing, guest),
+            }
+        })
+        .collect();
+    RelayPlan { egress, ingress }
+}
+
+fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> Vec<Listener> {
+    let any = any_addr(config);
     let mut out = Vec::new();
-    if net.egress.mode != EgressMode::Kernel {
-        let how = match net.egress.mode {
+    if let Some(e) = &relays.egress {
+        let how = match e.mode {
             EgressMode::Tproxy => {
                 "transparent (IP_TRANSPARENT); original destination = local address"
             }
             _ => "original destination from SO_ORIGINAL_DST",
         };
         out.push(Listener {
-            name: "egress".into(),
+            kind: ListenerKind::Egress,
+            field: "network.egress.listen_port".into(),
             protocol: Protocol::Tcp,
-            addr: SocketAddr::new(any, net.egress.listen_port),
+            addr: e.addr,
+            only_with_pod_ipv6: false,
             target: format!("guest TCP to its original destination, {how}"),
         });
     }
-    // dnat ports have no listener: the firewall section shows their rules.
-    for ing in net.ingress.iter().filter(|i| i.is_proxied()) {
-        let guest = SocketAddr::new(net.guest_ip, ing.guest_port());
-        let target = match (ing.protocol, ing.proxy_protocol) {
-            (Protocol::Udp, _) => format!(
-                "{guest}, a session per client, idle {}s, at most {} sessions",
-                ing.udp_idle_timeout().as_secs(),
-                ing.max_sessions()
+    for ing in &relays.ingress {
+        let guest = ing.guest;
+        let (protocol, target) = match &ing.relay {
+            IngressRelay::Udp(u) => (
+                Protocol::Udp,
+                format!(
+                    "{guest}, a session per client, idle {}s, at most {} sessions",
+                    u.idle.as_secs(),
+                    u.max_sessions
+                ),
             ),
-            (Protocol::Tcp, pp) => format!(
-                "{guest}, at most {} connections{}",
-                ing.max_connections(),
-                match pp {
-                    Some(ProxyProtocol::V1) => ", PROXY protocol v1 header",
-                    Some(ProxyProtocol::V2) => ", PROXY protocol v2 header",
-                    None => "",
-                }
+            IngressRelay::Tcp(s) => (
+                Protocol::Tcp,
+                format!(
+                    "{guest}, at most {} connections{}",
+                    s.max_connections,
+                    match s.proxy_protocol {
+                        Some(ProxyProtocol::V1) => ", PROXY protocol v1 header",
+                        Some(ProxyProtocol::V2) => ", PROXY protocol v2 header",
+                        None => "",
+                    }
+                ),
             ),
         };
-        for (ip, when) in [
-            (IpAddr::from([0u8; 4]), ""),
-            (
-                IpAddr::from([0u16; 8]),
-                " (when the pod has an IPv6 address)",
-            ),
-        ] {
+        for addr in &ing.addrs {
+            let only_with_pod_ipv6 = addr.is_ipv6();
+            let when = if only_with_pod_ipv6 {
+                " (when the pod has an IPv6 address)"
+            } else {
+                ""
+            };
             out.push(Listener {
-                name: format!("ingress/{}", ing.name),
-                protocol: ing.protocol,
-                addr: SocketAddr::new(ip, ing.port),
+                kind: ListenerKind::Ingress(ing.name.clone()),
+                field: ing.field.clone(),
+                protocol,
+                addr: *addr,
+                only_with_pod_ipv6,
                 target: format!("{target}{when}"),
             });
         }
     }
     if let Some(d) = &config.consoles.display {
         out.push(Listener {
-            name: "console/display".into(),
+            kind: ListenerKind::ConsoleDisplay,
+            field: "consoles.display.port".into(),
             protocol: Protocol::Tcp,
             addr: SocketAddr::new(any, d.port),
+            only_with_pod_ipv6: false,
             target: format!("{:?} server in qemu, password required", d.kind).to_lowercase(),
         });
     }
     if let Some(l) = &config.consoles.libvirt {
         out.push(Listener {
-            name: "console/libvirt".into(),
+            kind: ListenerKind::ConsoleLibvirt,
+            field: "consoles.libvirt.port".into(),
             protocol: Protocol::Tcp,
             addr: SocketAddr::new(any, l.port),
+            only_with_pod_ipv6: false,
             target: "libvirtd, SASL authentication".into(),
         });
     }
     out.push(Listener {
-        name: "health".into(),
+        kind: ListenerKind::Health,
+        field: "health.port".into(),
         protocol: Protocol::Tcp,
-        addr: SocketAddr::new(any, config.health.port),
+        addr: health_addr,
+        only_with_pod_ipv6: false,
         target: "/healthz /readyz /metrics".into(),
     });
     out
@@ -140,15 +277,18 @@ fn listeners(config: &VmConfig) -> Vec<Listener> {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let net = &self.network;
+        writeln!(f, "## bridge (rtnetlink)")?;
+        writeln!(f, "{}", net.bridge)?;
         writeln!(
             f,
-            "## sysctls (pod network namespace; written only when different)"
+            "\n## sysctls (pod network namespace; written only when different)"
         )?;
-        for s in &self.sysctls {
+        for s in &net.sysctls {
             writeln!(f, "{} = {}    # {}", s.key, s.value, s.why)?;
         }
         writeln!(f, "\n## policy routing")?;
-        match &self.policy_route {
+        match &net.policy_route {
             Some(r) => writeln!(f, "{r}")?,
             None => writeln!(f, "(none: only tproxy mode routes by mark)")?,
         }
@@ -157,14 +297,14 @@ impl fmt::Display for Plan {
             writeln!(
                 f,
                 "{:<18} {}/{:<22} -> {}",
-                l.name,
+                l.kind.to_string(),
                 l.protocol.as_str(),
                 l.addr,
                 l.target
             )?;
         }
         writeln!(f, "\n## nftables (nft -f -)")?;
-        write!(f, "{}", self.firewall_script)?;
+        write!(f, "{}", self.firewall_script())?;
         writeln!(f, "\n## libvirt daemon configuration")?;
         for file in &self.daemon_files {
             writeln!(f, "{file}")?;

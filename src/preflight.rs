@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Protocol, VmConfig};
 use crate::consoles::{self, SaslUser, Secret};
+use crate::net::setup::NetworkPlan;
 use crate::plan::Listener;
 
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +97,11 @@ fn on_path(program: &str) -> bool {
         .any(|dir| Path::new(&dir).join(program).is_file())
 }
 
-/// Every TCP and UDP port vmpod will listen on must be free now. IPv6
+/// Every TCP and UDP port vmpod will listen on must be free now. IPv6-only
 /// listeners count only when the pod has IPv6, as when they are opened.
-pub fn ports(listeners: &[Listener], config: &VmConfig) -> Result<(), PreflightError> {
+pub fn ports(listeners: &[Listener]) -> Result<(), PreflightError> {
     let ipv6 = crate::relay::ingress::pod_has_ipv6();
-    for l in listeners {
-        if l.addr.is_ipv6() && l.name.starts_with("ingress/") && !ipv6 {
-            continue;
-        }
+    for l in listeners.iter().filter(|l| ipv6 || !l.only_with_pod_ipv6) {
         let bound = match l.protocol {
             Protocol::Tcp => TcpListener::bind(l.addr).map(drop),
             Protocol::Udp => UdpSocket::bind(l.addr).map(drop),
@@ -112,29 +110,12 @@ pub fn ports(listeners: &[Listener], config: &VmConfig) -> Result<(), PreflightE
             return Err(PreflightError::PortInUse {
                 port: l.addr.port(),
                 protocol: l.protocol.as_str(),
-                field: field_of(&l.name, config),
+                field: l.field.clone(),
                 source,
             });
         }
     }
     Ok(())
-}
-
-/// The config field a listener comes from, for error messages.
-fn field_of(listener: &str, config: &VmConfig) -> String {
-    if let Some(name) = listener.strip_prefix("ingress/")
-        && let Some(i) = config.network.ingress.iter().position(|i| i.name == name)
-    {
-        return format!("network.ingress[{i}].port");
-    }
-    match listener {
-        "egress" => "network.egress.listen_port",
-        "console/display" => "consoles.display.port",
-        "console/libvirt" => "consoles.libvirt.port",
-        "health" => "health.port",
-        other => other,
-    }
-    .to_string()
 }
 
 /// Reads the display password (see [`consoles::read_password`]). An
@@ -187,16 +168,14 @@ pub fn libvirt_credentials(config: &VmConfig) -> Result<Option<Vec<SaslUser>>, P
 
 /// The namespace-wide sysctls must hold their value or be settable; the
 /// per-interface ones are checked when their interface exists.
-pub fn sysctls(config: &VmConfig) -> Result<(), PreflightError> {
-    let bridge = config.network.bridge.as_str();
-    for s in crate::net::sysctl::plan(config, None) {
-        if s.segments()
-            .iter()
-            .any(|seg| seg == "<tap>" || seg == bridge)
-        {
+pub fn sysctls(network: &NetworkPlan) -> Result<(), PreflightError> {
+    let bridge = network.bridge.name.as_str();
+    let tap = crate::net::sysctl::TAP_PLACEHOLDER;
+    for s in &network.sysctls {
+        if s.segments().iter().any(|seg| seg == tap || seg == bridge) {
             continue;
         }
-        crate::net::sysctl::check_settable(Path::new("/"), &s)?;
+        crate::net::sysctl::check_settable(Path::new("/"), s)?;
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use podnet::{
     GATEWAY_IP, GUEST_IP, Ns, Opened, PodNet, Servers, Vmpod, connect_and_read, exchange, fd_count,
-    raise_fd_limit, wait_until,
+    plan_of, raise_fd_limit, wait_until,
 };
 use support::sandbox::{CLUSTER_IP, POD_IP, output_text, require};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1085,22 +1085,20 @@ fn a_busy_port_names_the_port_and_the_field() {
     let holder = net
         .pod
         .run(async { UdpSocket::bind("0.0.0.0:7007").await.expect("hold") });
-    let c = config.clone();
+    let plan = plan_of(&config);
+    let relays = plan.relays.clone();
     let err = net
         .pod
-        .run(async move { Relays::start(&c).err().map(|e| e.to_string()) })
+        .run(async move { Relays::start(&relays).err().map(|e| e.to_string()) })
         .expect("a busy UDP port must fail the start");
     assert!(
         err.contains("0.0.0.0:7007") && err.contains("network.ingress[1].port"),
         "{err}"
     );
-    let plan =
-        vmpod::plan::Plan::build(&config, &vmpod::host::HostFacts::detect(), None).expect("plan");
-    let c = config.clone();
     let err = net
         .pod
         .run(async move {
-            vmpod::preflight::ports(&plan.listeners, &c)
+            vmpod::preflight::ports(&plan.listeners)
                 .err()
                 .map(|e| e.to_string())
         })

@@ -2,6 +2,7 @@
 //! interface: users' files depend on them. Every struct rejects unknown
 //! fields so that a typo is an error, not a silently ignored setting.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -469,6 +470,33 @@ pub struct Logging {
 impl VmConfig {
     pub fn shutdown_grace(&self) -> Duration {
         self.lifecycle.shutdown_grace.0
+    }
+
+    /// The ports of vmpod's own services in the pod: the health endpoint and
+    /// the consoles (qemu's display, libvirtd's TCP socket). They listen on
+    /// every pod address, the gateway the guest sees included, and are for
+    /// the kubelet, Prometheus and console users: the firewall refuses the
+    /// guest there. The egress listener is not among them: in redirect mode
+    /// the guest's connections arrive there addressed to the gateway.
+    pub fn service_ports(&self) -> BTreeSet<u16> {
+        let consoles = &self.consoles;
+        [
+            Some(self.health.port),
+            consoles.display.as_ref().map(|d| d.port),
+            consoles.libvirt.as_ref().map(|l| l.port),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Every port vmpod serves on the pod's addresses: its services and the
+    /// ingress ports. An egress connection of the guest to one of them on a
+    /// pod address would loop back into vmpod.
+    pub fn own_ports(&self) -> BTreeSet<u16> {
+        let mut ports = self.service_ports();
+        ports.extend(self.network.ingress.iter().map(|i| i.port));
+        ports
     }
 }
 

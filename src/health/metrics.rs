@@ -368,7 +368,10 @@ mod tests {
     fn health() -> Arc<Health> {
         let yaml = "name: m1\nboot:\n  kernel: /k\nnetwork:\n  ingress:\n    - name: http\n      port: 9080\n    - name: admin\n      port: 9443\n      guest_port: 443\n";
         let config = load("<test>", yaml, FileChecks::Warn).unwrap().config;
-        Health::new(&config, Instant::now())
+        Health::new(
+            &crate::plan::Plan::build(&config, &crate::host::HostFacts::fixed(), None).unwrap(),
+            Instant::now(),
+        )
     }
 
     fn value(text: &str, name: &str, labels: &str) -> Option<f64> {

@@ -17,7 +17,7 @@ pub mod readiness;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::{EgressMode, Protocol, VmConfig};
+use crate::config::EgressMode;
 use crate::libvirt::guest::GuestState;
-use crate::net::route;
 use crate::net::setup::Restored;
+use crate::plan::{ListenerKind, Plan};
 use crate::relay::running::{ListenError, Relays};
 use crate::relay::stats::RelayStats;
 use readiness::{Expectations, KernelFacts, Phase, Reported};
@@ -58,7 +58,8 @@ pub struct Health {
     started: Instant,
     domain: String,
     egress_mode: EgressMode,
-    egress_port: u16,
+    /// The egress listener's port, when the mode has one.
+    egress_port: Option<u16>,
     expect: Expectations,
     ingress_ports: BTreeMap<String, u16>,
     /// Milliseconds after `started` of the watch loop's last beat.
@@ -84,26 +85,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Health {
     /// `started` is when the supervisor started: the origin of uptime and
     /// of the time to ready.
-    pub fn new(config: &VmConfig, started: Instant) -> Arc<Health> {
-        let net = &config.network;
+    pub fn new(plan: &Plan, started: Instant) -> Arc<Health> {
+        // Relay listeners must be open to be ready; `dnat` ports are the
+        // kernel's, and the nft table check covers them. Both families of
+        // one port count once: the prober looks at ports.
         let mut listeners = Vec::new();
-        if net.egress.mode.uses_proxy() {
-            listeners.push(("egress".to_string(), Protocol::Tcp, net.egress.listen_port));
+        for l in &plan.listeners {
+            if matches!(l.kind, ListenerKind::Egress | ListenerKind::Ingress(_)) {
+                let entry = (l.kind.to_string(), l.protocol, l.addr.port());
+                if !listeners.contains(&entry) {
+                    listeners.push(entry);
+                }
+            }
         }
-        // `dnat` ports are the kernel's: the nft table check covers them.
-        let mut ingress_ports = BTreeMap::new();
-        for ing in net.ingress.iter().filter(|i| i.is_proxied()) {
-            listeners.push((format!("ingress/{}", ing.name), ing.protocol, ing.port));
-            ingress_ports.insert(ing.name.clone(), ing.port);
-        }
+        let ingress_ports = plan
+            .relays
+            .ingress
+            .iter()
+            .map(|i| (i.name.clone(), i.port()))
+            .collect();
+        let net = &plan.network;
         Arc::new(Health {
             started,
-            domain: config.name.clone(),
-            egress_mode: net.egress.mode,
-            egress_port: net.egress.listen_port,
+            domain: plan.domain.clone(),
+            egress_mode: plan.egress_mode,
+            egress_port: plan.relays.egress.as_ref().map(|e| e.addr.port()),
             expect: Expectations {
-                bridge: net.bridge.to_string(),
-                route: route::plan(config).map(|r| r.to_string()),
+                bridge: net.bridge.name.to_string(),
+                route: net.policy_route.map(|r| r.to_string()),
                 listeners,
             },
             ingress_ports,
@@ -165,11 +174,11 @@ impl Health {
     /// The relays whose counters `/metrics` shows.
     pub fn relays(&self, relays: &Relays) {
         let mut handles = Vec::new();
-        if self.egress_mode.uses_proxy() {
+        if let Some(port) = self.egress_port {
             handles.push(RelayHandle {
                 kind: "egress",
                 name: "egress".into(),
-                port: self.egress_port,
+                port,
                 stats: relays.egress.clone(),
             });
         }
@@ -277,26 +286,24 @@ impl Drop for HealthService {
 
 /// Opens `health.port` on every address of the pod (the guest is kept out
 /// by a rule in vmpod's nft table) and starts the server and the prober.
-pub fn start(config: &VmConfig, health: Arc<Health>) -> Result<HealthService, ListenError> {
-    let any: IpAddr = if config.network.gateway.addr().is_ipv6() {
-        [0u16; 8].into()
-    } else {
-        [0u8; 4].into()
-    };
-    let addr = SocketAddr::new(any, config.health.port);
+pub fn start(plan: &Plan, health: Arc<Health>) -> Result<HealthService, ListenError> {
+    let addr = plan.health_addr;
     let listener = server::bind(addr).map_err(|source| ListenError {
         addr,
         field: "health.port".into(),
         source,
     })?;
     tracing::info!(%addr, "health endpoint listening: /healthz /readyz /metrics");
-    let route = route::plan(config);
-    let bridge = config.network.bridge.to_string();
+    let net = &plan.network;
     Ok(HealthService {
         addr,
         tasks: vec![
             tokio::spawn(server::serve(listener, health.clone())),
-            tokio::spawn(probe::run(health, bridge, route)),
+            tokio::spawn(probe::run(
+                health,
+                net.bridge.name.to_string(),
+                net.policy_route,
+            )),
         ],
     })
 }

@@ -53,8 +53,6 @@ async fn probe(
     bridge: &str,
     route: Option<&PolicyRoute>,
 ) -> KernelFacts {
-    // nft is a process: keep it off the async threads.
-    let table = tokio::task::spawn_blocking(nft::table_exists);
     let (bridge_ports, route_present) = match netlink {
         Ok(nl) => {
             let ports = nl
@@ -70,10 +68,7 @@ async fn probe(
         }
         Err(e) => (Err(e.clone()), route.map(|_| Err(e.clone()))),
     };
-    let table_present = match table.await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the nft check did not finish: {e}")),
-    };
+    let table_present = nft::table_exists().await.map_err(|e| e.to_string());
     KernelFacts {
         bridge_ports,
         table_present,

@@ -293,7 +293,10 @@ mod tests {
         )
         .unwrap()
         .config;
-        Health::new(&config, Instant::now())
+        Health::new(
+            &crate::plan::Plan::build(&config, &crate::host::HostFacts::fixed(), None).unwrap(),
+            Instant::now(),
+        )
     }
 
     async fn server(health: Arc<Health>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -420,7 +423,10 @@ mod tests {
         .unwrap()
         .config;
         let long_ago = Instant::now() - (super::super::LIVENESS_STALE + Duration::from_secs(5));
-        let h = Health::new(&config, long_ago);
+        let h = Health::new(
+            &crate::plan::Plan::build(&config, &crate::host::HostFacts::fixed(), None).unwrap(),
+            long_ago,
+        );
         assert_eq!(
             h.liveness(),
             Ok(()),

@@ -7,6 +7,7 @@
 pub mod firewall;
 pub mod link;
 pub mod nft;
+pub mod repair;
 pub mod route;
 pub mod setup;
 pub mod sysctl;

@@ -3,15 +3,49 @@
 //! supervisor drives it; namespace tests drive it with a veth in place of
 //! the tap, so they exercise the same code without a VM.
 
+use std::fmt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::firewall;
+use ipnet::IpNet;
+
+use super::firewall::FirewallPlan;
 use super::link::{LinkError, Netlink, Port};
 use super::nft::{self, NftError};
+use super::repair::{RepairGate, Report};
 use super::route::{self, PolicyRoute, RouteError};
-use super::sysctl::{self, SysctlError};
-use crate::config::VmConfig;
+use super::sysctl::{self, Sysctl, SysctlError};
+use crate::config::IfName;
+
+/// The bridge vmpod creates for the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: IfName,
+    /// The gateway address the guest routes through.
+    pub gateway: IpNet,
+    /// The guest network's MTU; None leaves the kernel's default.
+    pub mtu: Option<u32>,
+}
+
+impl fmt::Display for BridgeSpec {
+    /// The `ip` commands an operator would type for the same state.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mtu = self.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+        writeln!(f, "ip link add {} type bridge{mtu}", self.name)?;
+        writeln!(f, "ip address add {} dev {}", self.gateway, self.name)?;
+        write!(f, "ip link set {} up", self.name)
+    }
+}
+
+/// The plan's part for the pod network: everything [`NetworkSetup`] applies.
+#[derive(Clone, Debug)]
+pub struct NetworkPlan {
+    pub bridge: BridgeSpec,
+    /// With `<tap>` where the guest's tap goes: see [`sysctl::for_tap`].
+    pub sysctls: Vec<Sysctl>,
+    pub firewall: FirewallPlan,
+    pub policy_route: Option<PolicyRoute>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -33,33 +67,35 @@ pub struct Restored {
 }
 
 pub struct NetworkSetup {
-    config: VmConfig,
+    plan: NetworkPlan,
     netlink: Netlink,
-    route: Option<PolicyRoute>,
     bridge_created: bool,
     firewall_applied: bool,
     route_applied: bool,
+    firewall_gate: RepairGate,
+    route_gate: RepairGate,
 }
 
 impl NetworkSetup {
     /// Connects to rtnetlink; changes nothing yet.
-    pub fn new(config: &VmConfig) -> Result<NetworkSetup, SetupError> {
+    pub fn new(plan: NetworkPlan) -> Result<NetworkSetup, SetupError> {
         Ok(NetworkSetup {
-            config: config.clone(),
+            plan,
             netlink: Netlink::connect()?,
-            route: route::plan(config),
             bridge_created: false,
             firewall_applied: false,
             route_applied: false,
+            firewall_gate: RepairGate::default(),
+            route_gate: RepairGate::default(),
         })
     }
 
     /// Creates the bridge with the gateway address.
-    pub async fn bridge(&mut self, mtu: Option<u32>) -> Result<(), SetupError> {
-        let net = &self.config.network;
+    pub async fn bridge(&mut self) -> Result<(), SetupError> {
+        let bridge = &self.plan.bridge;
         self.bridge_created = true;
         self.netlink
-            .ensure_bridge(&net.bridge, net.gateway, mtu)
+            .ensure_bridge(&bridge.name, bridge.gateway, bridge.mtu)
             .await?;
         Ok(())
     }
@@ -73,20 +109,20 @@ impl NetworkSetup {
     ) -> Result<Port, SetupError> {
         Ok(self
             .netlink
-            .wait_for_port_except(&self.config.network.bridge, previous, timeout)
+            .wait_for_port_except(&self.plan.bridge.name, previous, timeout)
             .await?)
     }
 
     /// Everything that depends on the tap: run after every (re)start of the guest.
     pub async fn per_tap(&mut self, tap: &str) -> Result<(), SetupError> {
-        for s in sysctl::plan(&self.config, Some(tap)) {
+        for s in sysctl::for_tap(&self.plan.sysctls, tap) {
             if let sysctl::Applied::Changed { from } = sysctl::apply_one(Path::new("/"), &s)? {
                 tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
             }
         }
         self.firewall_applied = true;
-        nft::apply(&firewall::plan(&self.config))?;
-        if let Some(r) = &self.route {
+        nft::apply(&self.plan.firewall).await?;
+        if let Some(r) = &self.plan.policy_route {
             self.route_applied = true;
             route::apply(&self.netlink, r).await?;
         }
@@ -94,53 +130,115 @@ impl NetworkSetup {
     }
 
     /// Restores the nft table and the policy route if someone removed them.
-    pub async fn reconcile(&self) -> Restored {
+    /// A piece that cannot be checked or restored is reported once per
+    /// distinct fault and retried with backoff (see [`RepairGate`]).
+    pub async fn reconcile(&mut self) -> Restored {
+        let now = Instant::now();
         let mut restored = Restored::default();
-        if self.firewall_applied && matches!(nft::table_exists(), Ok(false)) {
-            match nft::apply(&firewall::plan(&self.config)) {
-                Ok(()) => {
-                    tracing::warn!("vmpod's nft table was removed by someone else; restored it");
-                    restored.firewall = true;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's nft table"),
-            }
+        if self.firewall_applied && self.firewall_gate.due(now) {
+            let result = match nft::table_exists().await {
+                Ok(true) => Ok(false),
+                Ok(false) => nft::apply(&self.plan.firewall).await.map(|()| true),
+                Err(e) => Err(e),
+            };
+            restored.firewall = settle(&mut self.firewall_gate, "vmpod's nft table", result, now);
         }
-        if let (true, Some(r)) = (self.route_applied, &self.route)
-            && matches!(route::is_present(&self.netlink, r).await, Ok(false))
+        if let (true, Some(r)) = (self.route_applied, &self.plan.policy_route)
+            && self.route_gate.due(now)
         {
-            match route::apply(&self.netlink, r).await {
-                Ok(()) => {
-                    tracing::warn!("vmpod's policy rule or route was removed; restored it");
-                    restored.route = true;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot restore vmpod's policy route"),
-            }
+            let result = match route::is_present(&self.netlink, r).await {
+                Ok(true) => Ok(false),
+                Ok(false) => route::apply(&self.netlink, r).await.map(|()| true),
+                Err(e) => Err(e),
+            };
+            restored.route = settle(&mut self.route_gate, "vmpod's policy route", result, now);
         }
         restored
     }
 
     /// Removes exactly what was added, collecting every error.
-    pub async fn teardown(&mut self) -> Vec<String> {
+    pub async fn teardown(&mut self) -> TeardownErrors {
         let mut errors = Vec::new();
         if std::mem::take(&mut self.firewall_applied)
-            && let Err(e) = nft::remove()
+            && let Err(e) = nft::remove().await
         {
-            errors.push(e.to_string());
+            errors.push(TeardownError::Firewall(e));
         }
         if std::mem::take(&mut self.route_applied)
-            && let Some(r) = &self.route
+            && let Some(r) = &self.plan.policy_route
             && let Err(e) = route::remove(&self.netlink, r).await
         {
-            errors.push(e.to_string());
+            errors.push(TeardownError::Route(e));
         }
         if std::mem::take(&mut self.bridge_created)
-            && let Err(e) = self
-                .netlink
-                .delete_bridge(&self.config.network.bridge)
-                .await
+            && let Err(e) = self.netlink.delete_bridge(&self.plan.bridge.name).await
         {
-            errors.push(e.to_string());
+            errors.push(TeardownError::Bridge(e));
         }
-        errors
+        TeardownErrors(errors)
     }
 }
+
+/// Logs what one reconcile check found: a repair at warn, a new fault at
+/// error, a repeated fault not at all. Returns whether it repaired.
+fn settle<E: std::fmt::Display>(
+    gate: &mut RepairGate,
+    piece: &str,
+    result: Result<bool, E>,
+    now: Instant,
+) -> bool {
+    match result {
+        Ok(repaired) => {
+            if let Some(fault) = gate.ok() {
+                tracing::info!(piece, was = %fault, "reconcile works again");
+            }
+            if repaired {
+                tracing::warn!(piece, "removed by someone else; restored it");
+            }
+            repaired
+        }
+        Err(e) => {
+            let fault = e.to_string();
+            if gate.failed(fault.clone(), now) == Report::New {
+                tracing::error!(piece, error = %fault, "cannot check or restore; retrying with backoff");
+            }
+            false
+        }
+    }
+}
+
+/// One step of teardown that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error("removing vmpod's nft table: {0}")]
+    Firewall(NftError),
+    #[error("removing the policy route: {0}")]
+    Route(RouteError),
+    #[error("deleting the bridge: {0}")]
+    Bridge(LinkError),
+}
+
+/// Every teardown step that failed: teardown goes on past a failure, since
+/// a half-torn-down pod is worse than a long message.
+#[derive(Debug, Default)]
+pub struct TeardownErrors(pub Vec<TeardownError>);
+
+impl TeardownErrors {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for TeardownErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TeardownErrors {}

@@ -45,11 +45,30 @@ impl Sysctl {
     }
 }
 
+/// Stands for the guest's tap in a planned key until the tap is known.
+pub const TAP_PLACEHOLDER: &str = "<tap>";
+
+/// The planned sysctls with the guest's tap in place of [`TAP_PLACEHOLDER`]:
+/// segment by segment, so a tap name with a dot stays one path segment.
+pub fn for_tap(planned: &[Sysctl], tap: &str) -> Vec<Sysctl> {
+    planned
+        .iter()
+        .map(|s| {
+            let segments: Vec<&str> = s
+                .segments
+                .iter()
+                .map(|seg| if seg == TAP_PLACEHOLDER { tap } else { seg })
+                .collect();
+            Sysctl::new(&segments, s.value, s.why)
+        })
+        .collect()
+}
+
 /// The sysctls for `config`, with `tap` the guest's tap once it is known
 /// (rendered as `<tap>` before that).
 pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
     let bridge = &config.network.bridge;
-    let tap = tap.unwrap_or("<tap>");
+    let tap = tap.unwrap_or(TAP_PLACEHOLDER);
     let v6 = config.network.gateway.addr().is_ipv6();
     let mut list = vec![if v6 {
         Sysctl::new(
@@ -255,11 +274,21 @@ mod tests {
             Path::new("/proc/sys/net/ipv4/conf/br0.100/rp_filter")
         );
         // A tap name comes from the kernel, which allows dots.
-        let keys: Vec<PathBuf> = plan(&example(), Some("vnet.1"))
-            .iter()
-            .map(Sysctl::path)
-            .collect();
-        assert!(keys.contains(&PathBuf::from("/proc/sys/net/ipv4/conf/vnet.1/rp_filter")));
+        for planned in [
+            plan(&example(), Some("vnet.1")),
+            for_tap(&plan(&example(), None), "vnet.1"),
+        ] {
+            let paths: Vec<PathBuf> = planned.iter().map(Sysctl::path).collect();
+            assert!(
+                paths.contains(&PathBuf::from("/proc/sys/net/ipv4/conf/vnet.1/rp_filter")),
+                "{paths:?}"
+            );
+            assert!(
+                planned
+                    .iter()
+                    .any(|s| s.key == "net.ipv4.conf.vnet.1.rp_filter")
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! leaves the pod from an ordinary socket of vmpod, so the sidecar sees an
 //! outbound connection of a pod process.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use tokio::net::TcpStream;
@@ -16,7 +16,7 @@ pub struct EgressDestination {
     /// The listener's own address, and vmpod's other ports on the pod's
     /// addresses: connecting there would loop.
     pub listen: SocketAddr,
-    pub guarded_ports: HashSet<u16>,
+    pub guarded_ports: BTreeSet<u16>,
 }
 
 impl Destination for EgressDestination {

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod running;
 pub mod socket;
+pub mod spec;
 pub mod splice;
 pub mod standalone;
 pub mod stats;

@@ -4,7 +4,7 @@
 //! the relay alone. The rules that feed an egress listener (TPROXY or
 //! REDIRECT) are the caller's.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -98,7 +98,7 @@ async fn serve(
             Arc::new(EgressDestination {
                 mode,
                 listen,
-                guarded_ports: HashSet::new(),
+                guarded_ports: BTreeSet::new(),
             }),
         ),
     };

@@ -192,15 +192,15 @@ impl PodNet {
     /// tap joining it (here: the veth), per-tap setup, the relays, and a
     /// reconcile pass every second as the supervisor runs it.
     pub fn start_vmpod(&self, config: VmConfig) -> Vmpod {
-        let c = config.clone();
+        let plan = plan_of(&config);
+        let network = plan.network.clone();
         let setup = self.pod.run(async move {
-            let mut setup = NetworkSetup::new(&c).expect("rtnetlink");
-            setup.bridge(None).await.expect("bridge");
+            let mut setup = NetworkSetup::new(network).expect("rtnetlink");
+            setup.bridge().await.expect("bridge");
             setup
         });
         self.pod
             .sh(&["ip", "link", "set", TAP, "master", &config.network.bridge]);
-        let c = config.clone();
         let (setup, relays) = self.pod.run(async move {
             let mut setup = setup;
             let tap = setup
@@ -209,7 +209,7 @@ impl PodNet {
                 .expect("the veth joins the bridge");
             assert_eq!(tap.name, TAP);
             setup.per_tap(&tap.name).await.expect("per-tap setup");
-            let relays = Relays::start(&c).expect("relays");
+            let relays = Relays::start(&plan.relays).expect("relays");
             (setup, relays)
         });
         let setup = Arc::new(tokio::sync::Mutex::new(setup));
@@ -240,7 +240,8 @@ impl PodNet {
             if let Some(r) = relays {
                 r.stop().await;
             }
-            setup.lock().await.teardown().await
+            let errors = setup.lock().await.teardown().await;
+            errors.0.iter().map(ToString::to_string).collect()
         })
     }
 
@@ -658,4 +659,16 @@ pub async fn connect_and_read(addr: SocketAddr) -> io::Result<Vec<u8>> {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))??;
     Ok(got)
+}
+
+/// The plan `run` would build for `config` on a host whose uplink MTU is
+/// unknown (the bridge keeps the kernel's default), as the namespace tests
+/// need it.
+pub fn plan_of(config: &VmConfig) -> vmpod::plan::Plan {
+    let facts = vmpod::host::HostFacts {
+        kvm_usable: false,
+        uplink_mtu: None,
+        ..vmpod::host::HostFacts::fixed()
+    };
+    vmpod::plan::Plan::build(config, &facts, None).expect("plan")
 }

@@ -158,7 +158,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             matches: vec![
                 Match::InInterface(net.bridge.clone()),
                 Match::LocalDestination,
-                Match::TcpDestinationPorts(service_ports(config)),
+                Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
             ],
             actions: vec![Action::RejectWithTcpReset],
             comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
@@ -254,26 +254,6 @@ fn dnat_chains(config: &VmConfig, ports: &[&Ingress]) -> Vec<Chain> {
         });
     }
     chains
-}
-
-/// The ports of vmpod's own services in the pod: the health endpoint, and
-/// the consoles (qemu's display, libvirtd's TCP socket), which listen on
-/// every pod address and so also on the gateway the guest sees. The egress
-/// listener is not among them: in redirect mode the guest's connections
-/// arrive there addressed to the gateway.
-fn service_ports(config: &VmConfig) -> Vec<u16> {
-    let consoles = &config.consoles;
-    let mut ports: Vec<u16> = [
-        Some(config.health.port),
-        consoles.display.as_ref().map(|d| d.port),
-        consoles.libvirt.as_ref().map(|l| l.port),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
 }
 
 /// The parts of a rule every guest-facing rule starts with.

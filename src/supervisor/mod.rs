@@ -2,8 +2,17 @@
 //! alive, and takes everything down again on SIGTERM.
 //!
 //! Boot: daemons → libvirt connection → bridge → define → start → tap →
-//! network setup → ready. Then one loop watches signals, the guest's state,
-//! the daemons, and the kernel state vmpod owns (reconcile).
+//! network setup → ready. Then one loop watches stop requests, the guest's
+//! state, the daemons, and the kernel state vmpod owns (reconcile).
+//!
+//! The supervisor talks to the guest, the pod network and the daemons only
+//! through the traits in [`seams`], and decides restarts with the pure
+//! [`policy::decide`]; `run` wires in the real parts.
+
+mod policy;
+mod seams;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,26 +21,25 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{RestartPolicy, VmConfig};
-use crate::consoles::{self, SaslUser, Secret};
+use crate::consoles::Secret;
 use crate::health::{self, Health};
 use crate::host::HostFacts;
 use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
-use crate::libvirt::daemon::{Daemon, DaemonError, DaemonEvent, DaemonSpec, RestartLimit};
-use crate::libvirt::daemon_config;
-use crate::libvirt::guest::{Guest, GuestState};
+use crate::libvirt::daemon::{DaemonError, DaemonEvent, RestartLimit};
+use crate::libvirt::guest::Guest;
 use crate::logtail::{self, LogTail, Source, Start};
 use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
 use crate::relay::running::Relays;
+use policy::Decision;
+pub use policy::{EXIT_GUEST_FAILED, Stop};
+use seams::{Daemons, GuestControl, LibvirtDaemons, PodNetwork};
 
-/// Exit codes of `vmpod run`, beyond 0 (clean), 1 (runtime failure) and 2 (config).
-pub const EXIT_GUEST_FAILED: i32 = 3;
-
-const LIBVIRT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const TAP_TIMEOUT: Duration = Duration::from_secs(60);
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -58,40 +66,33 @@ pub enum SupervisorError {
     Console(#[from] crate::consoles::ConsoleError),
 }
 
-/// Why the supervisor is stopping, and so its exit code.
+/// What the outside world asks of the supervisor (signals, in `run`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stop {
-    Signal,
-    GuestDone,
-    GuestFailed,
-    DaemonGaveUp,
-    /// Boot or a restart failed.
-    Failed,
+pub enum Control {
+    /// SIGTERM, SIGINT or SIGQUIT, by name: shut down.
+    Terminate(&'static str),
+    /// SIGUSR1 or SIGUSR2: log the status.
+    Status,
+    /// SIGHUP: nothing to reload.
+    Reload,
 }
 
-impl Stop {
-    fn exit_code(self) -> i32 {
-        match self {
-            Stop::Signal | Stop::GuestDone => 0,
-            Stop::GuestFailed => EXIT_GUEST_FAILED,
-            Stop::DaemonGaveUp | Stop::Failed => 1,
-        }
-    }
+/// The lifecycle settings of the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifecycle {
+    pub restart: RestartPolicy,
+    pub shutdown_grace: Duration,
 }
 
-pub struct Supervisor {
-    config: VmConfig,
+struct Supervisor<G, N, D> {
     plan: Plan,
-    libvirt: Libvirt,
-    guest: Guest,
-    network: Option<NetworkSetup>,
-    /// Started daemons, stopped in reverse order.
-    daemons: Vec<Daemon>,
+    lifecycle: Lifecycle,
+    guest: G,
+    network: N,
+    daemons: D,
     relays: Option<Relays>,
     tap: Option<String>,
     started: Instant,
-    /// libvirt's remote users (`consoles.libvirt`), stored before libvirtd starts.
-    sasl_users: Option<Vec<SaslUser>>,
     /// What the health endpoint serves; updated at every step below.
     health: Arc<Health>,
     /// The guest's serial console carried into the log (`logging.serial`).
@@ -109,12 +110,12 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     let password = preflight::display_password(&config)?;
     let sasl_users = preflight::libvirt_credentials(&config)?;
     let plan = Plan::build(&config, &facts, password.as_ref().map(Secret::expose))?;
-    preflight::ports(&plan.listeners, &config)?;
-    preflight::sysctls(&config)?;
+    preflight::ports(&plan.listeners)?;
+    preflight::sysctls(&plan.network)?;
     preflight::qemu_access(&config)?;
     // The endpoint answers from the start: alive, and not ready while booting.
-    let health = Health::new(&config, started);
-    let _health_service = health::start(&config, health.clone())?;
+    let health = Health::new(&plan, started);
+    let _health_service = health::start(&plan, health.clone())?;
     let _qemu_log = LogTail::spawn(
         logtail::qemu_log_path(&config.name),
         Source::Qemu,
@@ -127,41 +128,69 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
             Start::End,
         )
     });
-
     let libvirt = Libvirt::spawn(SYSTEM_URI)?;
-    let guest = Guest::new(libvirt.clone(), &config.name);
-    let mut sup = Supervisor {
-        config,
+    let daemons = LibvirtDaemons {
+        files: plan.daemon_files.clone(),
+        sasl_users,
+        limit: RestartLimit {
+            max_deaths: config.lifecycle.daemon_max_restarts,
+            window: config.lifecycle.daemon_restart_window.0,
+        },
+        libvirt: libvirt.clone(),
+        running: Vec::new(),
+    };
+    let network = NetworkSetup::new(plan.network.clone())?;
+    let (control_tx, control) = mpsc::channel(8);
+    let _signals = tokio::spawn(forward_signals(control_tx)?);
+    let sup = Supervisor {
+        guest: Guest::new(libvirt, &config.name),
+        network,
+        daemons,
+        lifecycle: Lifecycle {
+            restart: config.lifecycle.restart,
+            shutdown_grace: config.shutdown_grace(),
+        },
         plan,
-        libvirt,
-        guest,
-        network: None,
-        daemons: Vec::new(),
         relays: None,
         tap: None,
         started,
-        sasl_users,
         health,
         serial_log,
     };
-    let (events_tx, events) = mpsc::channel(16);
-    let result = match sup.boot(events_tx).await {
-        Ok(()) => sup.watch(events).await,
-        Err(e) => {
-            tracing::error!(error = %e, "boot failed; undoing what was set up");
-            Err(e)
+    sup.run_to_end(control).await
+}
+
+/// Turns the signals vmpod acts on into [`Control`] requests. The handlers
+/// are installed before this returns, so no signal is lost after it.
+fn forward_signals(
+    to: mpsc::Sender<Control>,
+) -> Result<impl Future<Output = ()> + Send, SupervisorError> {
+    let listen = |kind| signal(kind).map_err(SupervisorError::Signals);
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let mut hup = listen(SignalKind::hangup())?;
+    let mut usr1 = listen(SignalKind::user_defined1())?;
+    let mut usr2 = listen(SignalKind::user_defined2())?;
+    Ok(async move {
+        loop {
+            let request = tokio::select! {
+                _ = term.recv() => Control::Terminate("SIGTERM"),
+                _ = int.recv() => Control::Terminate("SIGINT"),
+                _ = quit.recv() => Control::Terminate("SIGQUIT"),
+                _ = hup.recv() => Control::Reload,
+                _ = usr1.recv() => Control::Status,
+                _ = usr2.recv() => Control::Status,
+            };
+            if to.send(request).await.is_err() {
+                return;
+            }
         }
-    };
-    let stop = match &result {
-        Ok(stop) => *stop,
-        Err(_) => Stop::Failed,
-    };
-    sup.shutdown(stop).await;
-    result.map(Stop::exit_code)
+    })
 }
 
 /// Logs a boot step with its duration; `/readyz` names it while it runs.
-async fn step<T, E>(
+pub(crate) async fn step<T, E>(
     health: &Health,
     name: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
@@ -179,60 +208,43 @@ async fn step<T, E>(
     r
 }
 
-impl Supervisor {
-    async fn boot(&mut self, events: mpsc::Sender<DaemonEvent>) -> Result<(), SupervisorError> {
-        step(&self.health, "write daemon config", async {
-            self.write_daemon_config()
-        })
-        .await?;
-        if let Some(users) = &self.sasl_users {
-            step(&self.health, "store libvirt users", async {
-                consoles::build_sasldb(users, std::path::Path::new(daemon_config::SASL_DB))
-            })
-            .await?;
-        }
-        let limit = RestartLimit {
-            max_deaths: self.config.lifecycle.daemon_max_restarts,
-            window: self.config.lifecycle.daemon_restart_window.0,
+impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
+    /// Boots, watches until told to stop, and shuts down; the exit code.
+    async fn run_to_end(
+        mut self,
+        control: mpsc::Receiver<Control>,
+    ) -> Result<i32, SupervisorError> {
+        let (events_tx, events) = mpsc::channel(16);
+        let result = match self.boot(events_tx).await {
+            Ok(()) => self.watch(events, control).await,
+            Err(e) => {
+                tracing::error!(error = %e, "boot failed; undoing what was set up");
+                Err(e)
+            }
         };
-        let virtlogd = step(
-            &self.health,
-            "start virtlogd",
-            Daemon::start(DaemonSpec::virtlogd(), limit, events.clone()),
-        )
-        .await?;
-        self.daemons.push(virtlogd);
-        let listen = self.config.consoles.libvirt.is_some();
-        let libvirtd = step(
-            &self.health,
-            "start libvirtd",
-            Daemon::start(DaemonSpec::libvirtd(listen), limit, events),
-        )
-        .await?;
-        self.daemons.push(libvirtd);
-        step(
-            &self.health,
-            "connect to libvirt",
-            self.libvirt.wait_connected(LIBVIRT_CONNECT_TIMEOUT),
-        )
-        .await?;
+        let stop = match &result {
+            Ok(stop) => *stop,
+            Err(_) => Stop::Failed,
+        };
+        self.shutdown(stop).await;
+        result.map(Stop::exit_code)
+    }
 
-        let mtu = HostFacts::detect().mtu(&self.config);
-        let network = self.network.insert(NetworkSetup::new(&self.config)?);
-        step(&self.health, "create bridge", network.bridge(mtu)).await?;
-
+    async fn boot(&mut self, events: mpsc::Sender<DaemonEvent>) -> Result<(), SupervisorError> {
+        self.daemons.start(&self.health, events).await?;
+        step(&self.health, "create bridge", self.network.create_bridge()).await?;
         let defined = step(
             &self.health,
             "define domain",
             self.guest.define(&self.plan.domain_xml),
         )
         .await?;
-        tracing::info!(domain = %self.config.name, ?defined, "domain defined");
+        tracing::info!(domain = %self.plan.domain, ?defined, "domain defined");
         self.start_guest().await?;
         // Listeners open only once the guest is up: until then a client is
         // refused rather than held.
         let relays = step(&self.health, "open relays", async {
-            Relays::start(&self.config)
+            Relays::start(&self.plan.relays)
         })
         .await?;
         self.health.relays(&relays);
@@ -243,31 +255,6 @@ impl Supervisor {
             tap = self.tap.as_deref().unwrap_or(""),
             "guest is up: ready"
         );
-        Ok(())
-    }
-
-    fn write_daemon_config(&self) -> Result<(), SupervisorError> {
-        use std::os::unix::fs::PermissionsExt;
-        for file in daemon_config::files(&self.config) {
-            let write = || -> std::io::Result<()> {
-                if let Some(dir) = file.path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::write(&file.path, &file.contents)?;
-                std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(file.mode))
-            };
-            write().map_err(|source| SupervisorError::WriteConfig {
-                path: file.path.display().to_string(),
-                source,
-            })?;
-        }
-        for dir in [
-            "/run/libvirt",
-            "/var/lib/libvirt/qemu",
-            "/var/log/libvirt/qemu",
-        ] {
-            let _ = std::fs::create_dir_all(dir);
-        }
         Ok(())
     }
 
@@ -295,18 +282,17 @@ impl Supervisor {
             tail.resume(matches!(started, Ok(true)));
         }
         started?;
-        let network = self.network.as_mut().expect("bridge created before start");
-        let port = step(
+        let tap = step(
             &self.health,
             "wait for tap",
-            network.wait_for_tap(old_tap.as_deref(), TAP_TIMEOUT),
+            self.network.wait_for_tap(old_tap.as_deref(), TAP_TIMEOUT),
         )
         .await?;
-        if old_tap.as_deref() != Some(port.name.as_str()) {
-            tracing::info!(tap = %port.name, "guest tap attached to the bridge");
+        if old_tap.as_deref() != Some(tap.as_str()) {
+            tracing::info!(%tap, "guest tap attached to the bridge");
         }
-        step(&self.health, "network setup", network.per_tap(&port.name)).await?;
-        self.tap = Some(port.name);
+        step(&self.health, "network setup", self.network.per_tap(&tap)).await?;
+        self.tap = Some(tap);
         self.health.tap(self.tap.as_deref());
         Ok(())
     }
@@ -314,23 +300,20 @@ impl Supervisor {
     async fn watch(
         &mut self,
         mut daemon_events: mpsc::Receiver<DaemonEvent>,
+        mut control: mpsc::Receiver<Control>,
     ) -> Result<Stop, SupervisorError> {
-        let mut term = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?;
-        let mut quit = signal(SignalKind::quit()).map_err(SupervisorError::Signals)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
-        let mut usr1 = signal(SignalKind::user_defined1()).map_err(SupervisorError::Signals)?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(SupervisorError::Signals)?;
         let mut guest_tick = tokio::time::interval(WATCH_INTERVAL);
         let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(Stop::Signal) }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(Stop::Signal) }
-                _ = quit.recv() => { tracing::info!("SIGQUIT: shutting down"); return Ok(Stop::Signal) }
-                _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload; config changes need a restart of the pod"),
-                _ = usr1.recv() => self.log_status().await,
-                _ = usr2.recv() => self.log_status().await,
+                Some(request) = control.recv() => match request {
+                    Control::Terminate(name) => {
+                        tracing::info!(signal = name, "shutting down");
+                        return Ok(Stop::Signal);
+                    }
+                    Control::Reload => tracing::info!("SIGHUP: nothing to reload; config changes need a restart of the pod"),
+                    Control::Status => self.log_status().await,
+                },
                 Some(event) = daemon_events.recv() => match event {
                     DaemonEvent::Restarted { component, pid } => {
                         self.health.daemon_restarted(component);
@@ -373,28 +356,18 @@ impl Supervisor {
             }
         };
         self.health.guest_state(state);
-        if state.is_active() {
-            return Ok(None);
-        }
-        let clean = state == GuestState::ShutOffClean;
-        let policy = self.config.lifecycle.restart;
-        tracing::warn!(state = ?state, ?policy, "guest stopped");
-        let restart = match policy {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !clean,
-            RestartPolicy::Never => false,
+        let redefine = match policy::decide(self.lifecycle.restart, state) {
+            Decision::Keep => return Ok(None),
+            Decision::Stop(stop) => {
+                tracing::warn!(state = ?state, policy = ?self.lifecycle.restart, "guest stopped");
+                return Ok(Some(stop));
+            }
+            Decision::Restart { redefine } => redefine,
         };
-        if !restart {
-            return Ok(Some(if clean {
-                Stop::GuestDone
-            } else {
-                Stop::GuestFailed
-            }));
-        }
-        if state == GuestState::Missing {
+        tracing::warn!(state = ?state, policy = ?self.lifecycle.restart, "guest stopped; restarting it");
+        if redefine {
             self.guest.define(&self.plan.domain_xml).await?;
         }
-        tracing::info!("restarting the guest");
         self.start_guest().await?;
         self.health.guest_restarted();
         tracing::info!(tap = self.tap.as_deref().unwrap_or(""), "guest restarted");
@@ -403,10 +376,8 @@ impl Supervisor {
 
     /// Restores kernel state vmpod owns when someone removed it.
     async fn reconcile(&mut self) {
-        if let Some(network) = &self.network {
-            let restored = network.reconcile().await;
-            self.health.reconciled(&restored);
-        }
+        let restored = self.network.reconcile().await;
+        self.health.reconciled(&restored);
     }
 
     /// Takes everything down, collecting errors rather than stopping at the
@@ -414,23 +385,17 @@ impl Supervisor {
     async fn shutdown(&mut self, stop: Stop) {
         let t = Instant::now();
         self.health.stopping();
-        let grace = self.config.shutdown_grace();
         // Listeners close first: no new connection is accepted for a guest
         // that is going away.
         if let Some(relays) = self.relays.take() {
             relays.stop().await;
         }
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
-            self.stop_guest(grace).await;
+            self.stop_guest(self.lifecycle.shutdown_grace).await;
         }
-        let errors = match &mut self.network {
-            Some(network) => network.teardown().await,
-            None => Vec::new(),
-        };
-        while let Some(daemon) = self.daemons.pop() {
-            daemon.stop().await;
-        }
-        for e in &errors {
+        let errors = self.network.teardown().await;
+        self.daemons.stop_all().await;
+        for e in &errors.0 {
             tracing::error!(error = %e, "teardown step failed");
         }
         tracing::info!(
@@ -446,13 +411,13 @@ impl Supervisor {
         if let Err(e) = self.guest.shutdown().await {
             tracing::warn!(error = %e, "ACPI shutdown request failed");
         }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
             if matches!(self.guest.state().await, Ok(s) if !s.is_active()) {
                 tracing::info!("guest powered off");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(SHUTDOWN_POLL).await;
         }
         tracing::warn!(
             ?grace,

@@ -1,0 +1,54 @@
+//! What the relays of one VM are, as data: built once by the plan from the
+//! config, printed by `render`, and opened by [`super::running::Relays`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use super::proxy::ProxySettings;
+use super::udp::UdpSettings;
+use crate::config::EgressMode;
+
+/// The transparent egress listener (tproxy and redirect modes).
+#[derive(Clone, Debug)]
+pub struct EgressSpec {
+    pub addr: SocketAddr,
+    pub mode: EgressMode,
+    /// vmpod's own ports on the pod's addresses: a guest connection there
+    /// would loop back into vmpod, so it is refused.
+    pub guarded_ports: BTreeSet<u16>,
+    pub settings: ProxySettings,
+}
+
+/// How one ingress port is relayed.
+#[derive(Clone, Debug)]
+pub enum IngressRelay {
+    Tcp(ProxySettings),
+    Udp(UdpSettings),
+}
+
+/// One ingress port vmpod forwards itself (`mode: proxy`).
+#[derive(Clone, Debug)]
+pub struct IngressSpec {
+    /// The port's name in the config (`network.ingress[].name`).
+    pub name: String,
+    /// The config field the port comes from, for error messages.
+    pub field: String,
+    /// The listening addresses. The IPv6 one opens only when the pod has an
+    /// IPv6 address: see [`super::ingress::pod_has_ipv6`].
+    pub addrs: Vec<SocketAddr>,
+    pub guest: SocketAddr,
+    pub relay: IngressRelay,
+}
+
+impl IngressSpec {
+    pub fn port(&self) -> u16 {
+        self.addrs.first().map_or(0, SocketAddr::port)
+    }
+}
+
+/// Every relay of the VM.
+#[derive(Clone, Debug, Default)]
+pub struct RelayPlan {
+    pub egress: Option<EgressSpec>,
+    pub ingress: Vec<IngressSpec>,
+}
