@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod consoles;
+pub mod dhcp;
 pub mod health;
 pub mod host;
 pub mod init;
