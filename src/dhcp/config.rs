@@ -244,7 +244,8 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_what_cannot_be_served() {
-        let cases: Vec<(Box<dyn Fn(&mut DhcpConfig)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut DhcpConfig)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|c| c.prefix_len = 33), "prefix"),
             (
                 Box::new(|c| c.guest_ip = Ipv4Addr::new(10, 0, 2, 2)),
