@@ -44,7 +44,7 @@ pub enum Destination {
     /// address the guest does not hold yet, and RFC 2131 4.1 allows the
     /// broadcast instead.
     Broadcast,
-    /// The address the client already has (renewing, rebinding, INFORM).
+    /// The address the client already has (INFORM).
     Unicast(Ipv4Addr),
 }
 
@@ -379,10 +379,55 @@ fn configured_options(c: &DhcpConfig) -> Result<Vec<DhcpOption>, DhcpConfigError
 
 /// A DHCP request, or None for anything else.
 fn parse_request(bytes: &[u8]) -> Option<Message> {
-    if bytes.len() < MIN_LEN || bytes[236..240] != MAGIC {
+    if bytes.len() < MIN_LEN || bytes[236..240] != MAGIC || !options_well_formed(&bytes[MIN_LEN..])
+    {
         return None;
     }
-    Message::from_bytes(bytes).ok()
+    // dhcproto 0.15 asserts on some option lengths (debug builds) and
+    // subtracts from others; `options_well_formed` rules those out, and
+    // this catches whatever a future version adds: a packet must never
+    // take the server down.
+    std::panic::catch_unwind(|| Message::from_bytes(bytes).ok()).unwrap_or_else(|_| {
+        tracing::warn!("dhcp: the DHCP parser panicked on a packet; dropped as malformed");
+        None
+    })
+}
+
+/// Every option fits in the packet, and the ones with a fixed size have it.
+fn options_well_formed(mut opts: &[u8]) -> bool {
+    loop {
+        match opts {
+            [] | [255, ..] => return true,
+            [0, rest @ ..] => opts = rest,
+            [code, len, rest @ ..] => {
+                let len = *len as usize;
+                if rest.len() < len || !option_length_ok(*code, len) {
+                    return false;
+                }
+                opts = &rest[len..];
+            }
+            [_] => return false,
+        }
+    }
+}
+
+fn option_length_ok(code: u8, len: usize) -> bool {
+    match code {
+        // message type, overload
+        53 | 52 => len == 1,
+        // max message size, MTU
+        57 | 26 => len == 2,
+        // requested address, server identifier, lease time, T1, T2
+        50 | 54 | 51 | 58 | 59 => len == 4,
+        // rapid commit; client network interface; client FQDN
+        80 => len == 0,
+        94 => len == 3,
+        81 => len >= 3,
+        // bulk leasequery status code and times
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => true,
+    }
 }
 
 fn server_id(msg: &Message) -> Option<Ipv4Addr> {
@@ -399,16 +444,26 @@ fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// RFC 2131 4.1 for a server on the client's link (giaddr is 0): a NAK is
-/// broadcast; a client that has an address (ciaddr) gets it unicast; one
-/// without gets a broadcast whatever its broadcast flag says (see
-/// `Destination::Broadcast`).
+/// Where a reply goes. RFC 2131 4.1 would unicast to ciaddr when the
+/// client has one; on the bridge only the guest listens, so a broadcast
+/// costs nothing, and it is what every client takes:
+/// - a client without an address gets a broadcast whatever its broadcast
+///   flag says (see `Destination::Broadcast`);
+/// - a renewing or rebinding client gets a broadcast too: busybox udhcpc
+///   (1.35) sends its unicast renew from a short-lived socket bound to
+///   ciaddr:68, which the kernel prefers for a unicast answer, so a quick
+///   unicast ACK is lost when that socket closes and udhcpc only recovers by
+///   rebinding seconds later (seen in tests/dhcp_ns.rs); dhclient takes both;
+/// - an INFORM's answer goes unicast to ciaddr: that client waits on the
+///   socket it sent from, bound to its address, which a broadcast misses;
+/// - a NAK is always broadcast.
 fn destination(req: &Message, kind: MessageType) -> Destination {
     let ciaddr = req.ciaddr();
-    if kind == MessageType::Nak || ciaddr.is_unspecified() || ciaddr.is_broadcast() {
-        Destination::Broadcast
-    } else {
+    let inform = req.opts().msg_type() == Some(MessageType::Inform);
+    if inform && kind == MessageType::Ack && !ciaddr.is_unspecified() && !ciaddr.is_broadcast() {
         Destination::Unicast(ciaddr)
+    } else {
+        Destination::Broadcast
     }
 }
 

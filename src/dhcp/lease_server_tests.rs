@@ -233,14 +233,14 @@ fn init_reboot_keeps_the_right_address_and_naks_a_wrong_one() {
 }
 
 #[test]
-fn renewing_is_acked_unicast_and_extends_the_lease() {
+fn renewing_is_acked_by_broadcast_and_extends_the_lease() {
     let mut s = server();
     let t0 = Instant::now();
     exchange(&mut s, &selecting(GUEST, SERVER), t0).unwrap();
     let t1 = t0 + Duration::from_secs(1800);
     let r = exchange(&mut s, &renewing(GUEST), t1).unwrap();
     assert_eq!(r.kind, MessageType::Ack);
-    assert_eq!(r.to, Destination::Unicast(GUEST));
+    assert_eq!(r.to, Destination::Broadcast, "see destination()");
     assert_eq!(r.message.yiaddr(), GUEST);
     assert_eq!(r.message.ciaddr(), GUEST);
     assert_eq!(s.lease().unwrap().expires, t1 + Duration::from_secs(3600));
@@ -419,6 +419,25 @@ fn malformed_packets_are_dropped_and_counted() {
     let mut truncated_option = good[..240].to_vec();
     truncated_option.extend([53, 1]);
     cases.push(truncated_option);
+    // Lengths dhcproto 0.15 asserts on (152: a u32 of length 0; 151: len - 1).
+    for (code, len) in [
+        (152u8, 0u8),
+        (151, 0),
+        (81, 1),
+        (80, 2),
+        (94, 1),
+        (53, 2),
+        (54, 3),
+    ] {
+        let mut p = good[..240].to_vec();
+        p.extend([53, 1, 1, code, len]);
+        p.extend(std::iter::repeat_n(7, len as usize));
+        p.push(255);
+        cases.push(p);
+    }
+    let mut option_past_the_end = good[..240].to_vec();
+    option_past_the_end.extend([53, 1, 1, 12, 40, b'x']);
+    cases.push(option_past_the_end);
     let n = cases.len() as u64;
     for c in cases {
         assert!(s.handle_packet(&c, Instant::now()).is_none(), "{c:?}");
