@@ -16,9 +16,9 @@ use super::config::{DhcpConfig, DhcpConfigError, dns_name, format_mac};
 use super::stats::{DhcpStats, bump};
 
 /// The RFC 2131 magic cookie that starts the options.
-const MAGIC: [u8; 4] = [99, 130, 83, 99];
+pub(crate) const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// The fixed BOOTP header plus the cookie.
-const MIN_LEN: usize = 240;
+pub(crate) const MIN_LEN: usize = 240;
 /// What every DHCP client must accept (RFC 2131 2): replies stay below it.
 const MIN_MAX_MESSAGE: usize = 576;
 /// After a DECLINE (the guest found its address in use), offers pause
@@ -394,7 +394,7 @@ fn parse_request(bytes: &[u8]) -> Option<Message> {
 }
 
 /// Every option fits in the packet, and the ones with a fixed size have it.
-fn options_well_formed(mut opts: &[u8]) -> bool {
+pub(crate) fn options_well_formed(mut opts: &[u8]) -> bool {
     loop {
         match opts {
             [] | [255, ..] => return true,
@@ -498,3 +498,7 @@ impl ForeignMacs {
 #[cfg(test)]
 #[path = "lease_server_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+pub(crate) mod fuzz_tests;

@@ -260,7 +260,7 @@ enum Transport {
 }
 
 /// The query's header, if it is a query of acceptable size.
-fn query_header(query: &[u8]) -> Option<Header> {
+pub(crate) fn query_header(query: &[u8]) -> Option<Header> {
     if query.len() > MAX_QUERY {
         return None;
     }

@@ -17,3 +17,6 @@ pub mod stats;
 pub use forwarder::{DnsError, DnsForwarder, ForwarderConfig};
 pub use resolv::ResolvConf;
 pub use stats::DnsStats;
+
+#[cfg(test)]
+mod fuzz_tests;
