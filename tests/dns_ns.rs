@@ -407,3 +407,45 @@ fn queries_beyond_the_in_flight_limit_are_dropped() {
     assert_eq!(get(&fwd.stats.dropped_busy), 6);
     assert_eq!(answered, 4, "the held ones get SERVFAIL");
 }
+
+#[test]
+fn idle_tcp_connections_are_closed_and_their_number_is_bounded() {
+    require_dig();
+    let net = bridged("dnstcpidle", true);
+    let _server = ClusterDns::start(&net.cluster, format!("{CLUSTER_IP}:53").parse().unwrap());
+    let fwd = start_forwarder(&net, |c| {
+        c.tcp_idle_timeout = Duration::from_millis(300);
+        c.max_tcp_connections = 2;
+    });
+    let (rejected_after, idle_after) = net.guest.run(async {
+        use tokio::net::TcpStream;
+        let gw: SocketAddr = format!("{GATEWAY_IP}:53").parse().unwrap();
+        let started = Instant::now();
+        let mut a = TcpStream::connect(gw).await.unwrap();
+        let _b = TcpStream::connect(gw).await.unwrap();
+        let mut c = TcpStream::connect(gw).await.unwrap();
+        let mut buf = [0u8; 16];
+        // The third is closed at once (EOF or reset), long before the idle timeout.
+        let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+        let rejected_after = started.elapsed();
+        let r = tokio::time::timeout(Duration::from_secs(3), a.read(&mut buf)).await;
+        assert!(
+            matches!(r, Ok(Ok(0))),
+            "an idle connection is closed: {r:?}"
+        );
+        (rejected_after, started.elapsed())
+    });
+    assert!(
+        rejected_after < Duration::from_millis(250),
+        "{rejected_after:?}"
+    );
+    assert!(
+        idle_after >= Duration::from_millis(250) && idle_after < Duration::from_secs(2),
+        "{idle_after:?}"
+    );
+    assert_eq!(get(&fwd.stats.tcp_rejected), 1);
+    assert_eq!(get(&fwd.stats.tcp_connections), 2);
+    // The slots are free again.
+    assert_eq!(short(&net, &["+tcp", NAME, "A"]), ["10.96.0.50"]);
+}
