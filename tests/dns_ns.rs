@@ -204,6 +204,26 @@ impl Drop for Forwarder {
     }
 }
 
+/// Stops `fwd` and waits until its sockets are closed, so port 53 can be
+/// bound again (an abort alone only asks the runtime to drop the task).
+fn stop_forwarder(net: &PodNet, fwd: Forwarder) {
+    fwd.task.abort();
+    wait_until_bindable(net);
+}
+
+fn wait_until_bindable(net: &PodNet) {
+    let addr: SocketAddr = format!("{GATEWAY_IP}:53").parse().unwrap();
+    net.pod.run(async move {
+        for _ in 0..100 {
+            if UdpSocket::bind(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{addr} still bound 2 s after the forwarder was stopped");
+    });
+}
+
 fn start_forwarder(net: &PodNet, edit: impl FnOnce(&mut ForwarderConfig)) -> Forwarder {
     // The pod's resolv.conf, as the kubelet writes it (a test file: the
     // machine's /etc/resolv.conf is not touched).
@@ -350,6 +370,7 @@ fn a_silent_upstream_gives_servfail_within_the_bound_and_the_next_one_answers() 
         }
         assert_eq!(get(&fwd.stats.timeouts), 2);
         assert_eq!(get(&fwd.stats.failures), 2);
+        stop_forwarder(&net, fwd);
     }
     // Silent first, then the real one: the answer, one timeout later.
     let fwd = start_forwarder(&net, |c| {
