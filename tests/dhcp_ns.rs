@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Encodable};
 use guest_bridge::{BRIDGE, GUEST_MAC, bridged};
-use podnet::{GATEWAY_IP, Ns, PodNet, wait_until};
+use podnet::{Ns, PodNet, wait_until};
 use support::sandbox::require;
 use tokio::task::JoinHandle;
 use vmpod::dhcp::{DhcpConfig, DhcpServer, DhcpStats, Lease};
@@ -474,7 +474,20 @@ fn offer_latency() {
         sorted[sorted.len() - 1]
     );
     assert_eq!(samples.len(), 500);
-    let _ = GATEWAY_IP;
+
+    // The state machine alone, without sockets: what the server adds.
+    let mut core = vmpod::dhcp::LeaseServer::new(config()).unwrap();
+    let packet = discover(1);
+    let n = 20_000u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        let reply = core.handle_packet(&packet, Instant::now()).expect("offer");
+        std::hint::black_box(reply.to_bytes().unwrap());
+    }
+    println!(
+        "DISCOVER -> OFFER in the state machine alone (parse, build, encode): {:?} each",
+        started.elapsed() / n
+    );
 }
 
 #[test]

@@ -239,7 +239,7 @@ fn start_forwarder(net: &PodNet, edit: impl FnOnce(&mut ForwarderConfig)) -> For
     edit(&mut config);
     let fwd = net
         .pod
-        .run(async move { DnsForwarder::bind(config).await })
+        .run(async move { DnsForwarder::bind(config) })
         .unwrap_or_else(|e| panic!("{e}"));
     Forwarder {
         stats: fwd.stats(),

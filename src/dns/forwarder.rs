@@ -115,25 +115,30 @@ struct Shared {
 impl DnsForwarder {
     /// Binds UDP and TCP on `config.listen`. Call it in a tokio runtime whose
     /// threads live in the pod's network namespace.
-    pub async fn bind(config: ForwarderConfig) -> Result<DnsForwarder, DnsError> {
+    pub fn bind(config: ForwarderConfig) -> Result<DnsForwarder, DnsError> {
         if config.upstreams.is_empty() {
             return Err(DnsError::NoUpstream);
         }
         let addr = config.listen;
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| DnsError::Listen {
-                proto: "udp",
+        let listen_err = |proto| {
+            move |source| DnsError::Listen {
+                proto,
                 addr,
                 source,
-            })?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DnsError::Listen {
-                proto: "tcp",
-                addr,
-                source,
-            })?;
+            }
+        };
+        let udp = std::net::UdpSocket::bind(addr)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            })
+            .map_err(listen_err("udp"))?;
+        let tcp = std::net::TcpListener::bind(addr)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                TcpListener::from_std(s)
+            })
+            .map_err(listen_err("tcp"))?;
         let shared = Arc::new(Shared {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             tcp_slots: Arc::new(Semaphore::new(config.max_tcp_connections)),

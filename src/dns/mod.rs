@@ -4,7 +4,7 @@
 //! ```ignore
 //! let conf = dns::resolv::parse(&std::fs::read_to_string("/etc/resolv.conf")?);
 //! let upstreams = conf.server_addrs(53, dns::resolv::interface_index);
-//! let fwd = DnsForwarder::bind(ForwarderConfig::new(gateway_53, upstreams)).await?;
+//! let fwd = DnsForwarder::bind(ForwarderConfig::new(gateway_53, upstreams))?;
 //! let stats = fwd.stats();                    // Arc<DnsStats>
 //! tokio::spawn(fwd.run());                    // until the task is aborted
 //! ```
