@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod consoles;
+pub mod dhcp;
+pub mod dns;
 pub mod health;
 pub mod host;
 pub mod init;

@@ -111,6 +111,8 @@ enum What {
     Plan,
     /// The pod annotations an Istio sidecar needs beside this VM, with the reasons.
     Sidecar,
+    /// The whole plan as one JSON document, for tools.
+    Json,
 }
 
 const EXIT_RUNTIME: u8 = 1;
@@ -192,13 +194,29 @@ fn render(file: Option<PathBuf>, what: What) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match what {
-        What::Domain => print!("{}", plan.domain_xml),
-        What::Firewall => print!("{}", plan.firewall_script()),
-        What::Plan => print!("{plan}"),
-        What::Sidecar => print!("{}", vmpod::sidecar::plan(&loaded.config)),
+    let text = match what {
+        What::Domain => plan.domain_xml.clone(),
+        What::Firewall => plan.firewall_script(),
+        What::Plan => plan.to_string(),
+        What::Sidecar => vmpod::sidecar::plan(&loaded.config).to_string(),
+        What::Json => format!("{:#}\n", plan.to_json()),
+    };
+    emit(&text)
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head`) ends the
+/// output quietly, as it does for any Unix filter; print! would panic.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmpod: cannot write to stdout: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
-    ExitCode::SUCCESS
 }
 
 /// PID 1: validate first (exit 2 before anything changes), then run the
@@ -243,7 +261,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 fn status(addr: &str) -> ExitCode {
     match vmpod::health::client::status(addr) {
         Ok(summary) => {
-            print!("{}", summary.text);
+            let _ = emit(&summary.text);
             if summary.ready {
                 ExitCode::SUCCESS
             } else {

@@ -109,6 +109,47 @@ impl Plan {
     pub fn firewall_script(&self) -> String {
         self.network.firewall.script()
     }
+
+    /// The plan as one JSON document (`vmpod render --what json`), for
+    /// tools and for the tests that compare it with what `run` applied.
+    pub fn to_json(&self) -> serde_json::Value {
+        let net = &self.network;
+        serde_json::json!({
+            "domain": self.domain,
+            "bridge": {
+                "name": net.bridge.name.as_str(),
+                "gateway": net.bridge.gateway.to_string(),
+                "mtu": net.bridge.mtu,
+            },
+            "sysctls": net.sysctls.iter().map(|s| serde_json::json!({
+                "key": s.key,
+                "value": s.value,
+                "why": s.why,
+            })).collect::<Vec<_>>(),
+            "policy_route": net.policy_route.map(|r| serde_json::json!({
+                "fwmark": r.fwmark.mark(),
+                "fwmask": r.fwmark.mask(),
+                "table": r.table,
+                "priority": r.priority,
+                "ipv6": r.ipv6,
+            })),
+            "listeners": self.listeners.iter().map(|l| serde_json::json!({
+                "kind": l.kind.to_string(),
+                "field": l.field,
+                "protocol": l.protocol.as_str(),
+                "addr": l.addr.to_string(),
+                "only_with_pod_ipv6": l.only_with_pod_ipv6,
+                "target": l.target,
+            })).collect::<Vec<_>>(),
+            "nft_script": self.firewall_script(),
+            "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
+                "path": f.path,
+                "mode": f.mode,
+                "contents": f.contents,
+            })).collect::<Vec<_>>(),
+            "domain_xml": self.domain_xml,
+        })
+    }
 }
 
 /// The wildcard address of the guest network's family: vmpod's own

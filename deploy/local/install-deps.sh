@@ -16,6 +16,9 @@ packages=(
   busybox-static cpio
   # test clients and benchmark competitors
   curl socat iperf3 haproxy
+  # tests/dhcp_ns.rs: ISC dhclient, the DHCP client of Debian's cloud images (busybox's udhcpc
+  # is the other one); tests/dns_ns.rs: dig queries the DNS forwarder over UDP and TCP
+  isc-dhcp-client bind9-dnsutils
   # SASL for libvirt's authenticated TCP console
   sasl2-bin libsasl2-modules
   # tests/e2e_consoles.rs: its SPICE and VNC handshakes are python3 scripts, and the VNC one
