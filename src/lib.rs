@@ -6,6 +6,7 @@ pub mod consoles;
 pub mod health;
 pub mod host;
 pub mod init;
+pub mod ipv6;
 pub mod libvirt;
 pub mod logging;
 pub mod logtail;
