@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 use super::Ipv6Error;
 use super::config::{Ipv6Config, Mac};
 use super::ra::{self, NdOption, PrefixInfo, RouterAdvert, RouterDiscovery};
-use super::socket::{ALL_NODES, BridgeInfo, IcmpSocket, LinkLocal, bridge_info, link_local};
+use super::socket::{
+    ALL_NODES, BridgeInfo, IcmpSocket, LinkLocal, bridge_info, current_mac, link_local,
+};
 use super::stats::{RaStats, bump};
 
 /// Solicited RAs closer together than this are dropped (an RS flood must
@@ -85,7 +87,8 @@ impl RouterAdvertiser {
         config.validate()?;
         let bridge = bridge_info(&config.bridge)?;
         let mac = config.bridge_mac.unwrap_or(bridge.mac);
-        let packet = advert(config, mac, config.lifetimes.router).encode()?;
+        // Encoded once here so an unencodable config fails at start.
+        advert(config, mac, config.lifetimes.router).encode()?;
         let final_advert = advert(config, mac, 0).encode()?;
         let socket = Arc::new(IcmpSocket::open(&bridge)?);
         let stats = Arc::new(RaStats::default());
@@ -100,7 +103,6 @@ impl RouterAdvertiser {
         let task = tokio::spawn(advertise(
             bridge,
             config.clone(),
-            packet,
             socket.clone(),
             stats.clone(),
         ));
@@ -159,13 +161,48 @@ impl Jitter {
     }
 }
 
+/// The RA packet, rebuilt when the bridge's MAC changes (unless the config
+/// fixes the MAC): the source link-layer option must name the MAC that
+/// frames for the router are delivered to.
+struct Packet {
+    fixed_mac: Option<Mac>,
+    mac: Mac,
+    bytes: Vec<u8>,
+}
+
+impl Packet {
+    fn current(&mut self, bridge: &BridgeInfo, config: &Ipv6Config) -> &[u8] {
+        if self.fixed_mac.is_none()
+            && let Some(mac) = current_mac(&bridge.name)
+            && mac != self.mac
+        {
+            match advert(config, mac, config.lifetimes.router).encode() {
+                Ok(bytes) => {
+                    info!(bridge = %bridge.name, "the bridge's MAC changed; advertising the new one");
+                    self.mac = mac;
+                    self.bytes = bytes;
+                }
+                Err(e) => warn!("cannot encode the router advertisement: {e}"),
+            }
+        }
+        &self.bytes
+    }
+}
+
 async fn advertise(
     bridge: BridgeInfo,
     config: Ipv6Config,
-    packet: Vec<u8>,
     socket: Arc<IcmpSocket>,
     stats: Arc<RaStats>,
 ) {
+    let mac = config.bridge_mac.unwrap_or(bridge.mac);
+    let mut packet = Packet {
+        fixed_mac: config.bridge_mac,
+        mac,
+        bytes: advert(&config, mac, config.lifetimes.router)
+            .encode()
+            .unwrap_or_default(),
+    };
     let schedule = &config.schedule;
     let mut jitter = Jitter::new();
     let mut initial_left = schedule.initial_count;
@@ -195,7 +232,7 @@ async fn advertise(
                     logged_waiting = false;
                     info!(bridge = %bridge.name, %source, "advertising from the link-local address");
                 }
-                if send(&socket, &packet, ALL_NODES, &stats).await {
+                if send(&socket, packet.current(&bridge, &config), ALL_NODES, &stats).await {
                     bump(&stats.unsolicited_sent);
                 }
                 let wait = if initial_left > 1 {
@@ -231,7 +268,7 @@ async fn advertise(
                     continue;
                 }
                 last_solicited = Some(now);
-                send(&socket, &packet, to, &stats).await;
+                send(&socket, packet.current(&bridge, &config), to, &stats).await;
             }
         }
     }

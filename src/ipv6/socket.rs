@@ -103,6 +103,21 @@ pub fn bridge_info(name: &str) -> Result<BridgeInfo, SocketError> {
     })
 }
 
+/// The interface's MAC now, if it can be read. A Linux bridge whose MAC
+/// was never set explicitly takes the lowest MAC of its ports, so it can
+/// change when the guest's tap joins.
+pub fn current_mac(name: &str) -> Option<Mac> {
+    let probe = Socket::new(Domain::IPV6, Type::DGRAM.cloexec(), None).ok()?;
+    let hw = ifreq_ioctl(&probe, name, libc::SIOCGIFHWADDR).ok()?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    (mac != [0; 6]).then_some(mac)
+}
+
 fn ifreq_ioctl(sock: &Socket, name: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
     // SAFETY: ifreq is plain data; all zeros is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
