@@ -672,3 +672,75 @@ fn start_names_a_missing_or_down_bridge() {
         Some("bridge downbr is down; the IPv6 servers need it up")
     );
 }
+
+// ---- the test guest's own DHCPv6 client --------------------------------
+
+/// The test guest's userland (images/test-guest: its dhclient, its busybox
+/// script, its libc), unpacked from the initramfs and run chrooted in the
+/// guest namespace, takes the lease: the address lands on eth0, and the
+/// script writes resolv.conf, /run/vmpod/ip6 and the identity page.
+#[test]
+fn the_test_guest_userland_takes_its_dhcpv6_lease() {
+    require(&[("cpio", "cpio"), ("gzip", "gzip"), ("chroot", "coreutils")]);
+    let images = support::guest::ensure_built();
+    let mut lab = lab("guestUserland", |_| {});
+    let root = lab.dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    support::sandbox::run_ok(Command::new("sh").arg("-c").arg(format!(
+        "gzip -dc {} | (cd {} && cpio -idm --quiet)",
+        images.join("initrd.gz").display(),
+        root.display()
+    )));
+    lab.link_local(&lab.net.guest, "eth0");
+    let r = root.display();
+    let cmd = format!(
+        "mount --bind /dev {r}/dev && mount -t proc proc {r}/proc && \
+         mount -t tmpfs tmpfs {r}/run && mkdir -p {r}/run/vmpod && \
+         exec chroot {r} /sbin/dhclient -6 -d -cf /etc/dhcp/dhclient6.conf \
+         -sf /etc/vmpod/dhclient6.script -lf /var/lib/dhcp/dhclient6.leases \
+         -pf /run/dhclient6.pid eth0"
+    );
+    lab.spawn_in_guest(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &cmd,
+        ],
+        "guest-dhclient.log",
+    );
+    let guest = lab.config.guest.to_string();
+    wait_until(
+        "the guest's address on eth0",
+        Duration::from_secs(20),
+        || {
+            let addrs = lab
+                .net
+                .guest
+                .sh(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+            addrs.contains(&format!("inet6 {guest}/128")).then_some(())
+        },
+    );
+    // The script's files are in the chroot's /run (a tmpfs of the client's
+    // mount namespace) and in the unpacked root.
+    wait_until(
+        "the identity page to name the address",
+        Duration::from_secs(5),
+        || {
+            let page = std::fs::read_to_string(root.join("www/index.html")).unwrap_or_default();
+            page.contains(&format!("ip6={guest}")).then_some(())
+        },
+    );
+    let resolv = std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap();
+    assert!(
+        resolv.contains(&format!("nameserver {}", lab.config.gateway)),
+        "{resolv}"
+    );
+    assert!(
+        resolv.contains("search svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+}
