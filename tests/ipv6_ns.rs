@@ -248,6 +248,20 @@ fn the_kernel_takes_route_mtu_and_prefix_from_the_ra_and_no_slaac_address() {
         "A=0 must leave the guest without a SLAAC address: {addrs}"
     );
     assert!(get(&lab.ra().stats().adverts_sent) >= 1);
+
+    // Stopping sends a final RA with router lifetime 0: the guest drops the
+    // default route at once instead of keeping a dead router for 30 min.
+    let mut lab = lab;
+    let ra = lab.ra.take().unwrap();
+    lab.net.pod.run(async move { ra.stop().await });
+    wait_until(
+        "the default route to go after the final RA",
+        Duration::from_secs(5),
+        || {
+            let r = lab.net.guest.sh(&["ip", "-6", "route", "show", "default"]);
+            r.trim().is_empty().then_some(())
+        },
+    );
 }
 
 #[test]
