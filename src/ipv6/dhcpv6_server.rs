@@ -3,7 +3,7 @@
 //! (link-local) source address and port, 546 for every real client.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -42,7 +42,6 @@ impl Dhcpv6Server {
             guest = %config.guest,
             "DHCPv6 server on UDP 547"
         );
-        let core = Arc::new(Mutex::new(core));
         let task = tokio::spawn(serve(socket, core, stats.clone(), bridge.index));
         Ok(Dhcpv6Server { stats, lease, task })
     }
@@ -69,7 +68,7 @@ impl Drop for Dhcpv6Server {
 
 async fn serve(
     socket: tokio::net::UdpSocket,
-    core: Arc<Mutex<Dhcpv6Core>>,
+    mut core: Dhcpv6Core,
     stats: Arc<Dhcpv6Stats>,
     bridge_index: u32,
 ) {
@@ -78,7 +77,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = expiry.tick() => {
-                core.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
+                core.expire(Instant::now());
             }
             got = socket.recv_from(&mut buf) => {
                 let (len, from) = match got {
@@ -95,10 +94,7 @@ async fn serve(
                     bump(&stats.malformed);
                     continue;
                 }
-                let reply = core
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .handle_bytes(&buf[..len], Instant::now());
+                let reply = core.handle_bytes(&buf[..len], Instant::now());
                 let Some(reply) = reply else { continue };
                 if from.scope_id() == 0 && from.ip().is_unicast_link_local() {
                     from.set_scope_id(bridge_index);

@@ -10,6 +10,20 @@
 //! - `dhcpv6_server`: its socket loop (`Dhcpv6Server`).
 //! - `socket`: the bridge's state and every socket option used.
 //! - `stats`: counters.
+//!
+//! Running them: build an `Ipv6Config` (`Ipv6Config::new(vm_name, bridge,
+//! guest_mac, mtu)` gives the defaults), then, on a tokio runtime whose
+//! threads are in the pod's network namespace and once the bridge exists
+//! and is up, `RouterAdvertiser::start(&config)` and
+//! `Dhcpv6Server::start(&config)`. Both check the bridge first (exists, up,
+//! has a MAC, IPv6 not disabled) and fail with a message that says what to
+//! fix. The RA server waits by itself for the bridge's link-local address,
+//! which appears only once the guest's tap is up. `RouterAdvertiser::stop`
+//! withdraws the default route from the guest; `Dhcpv6Server::lease()` is
+//! a watch of the guest's lease (readiness). Privileges: CAP_NET_RAW (raw
+//! ICMPv6 socket) and CAP_NET_BIND_SERVICE (UDP 547). Both sockets are bound
+//! to the bridge's ifindex: a bridge deleted and created again needs the
+//! servers restarted.
 
 pub mod advertiser;
 pub mod config;

@@ -390,6 +390,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_permission_error_names_the_capability() {
+        let e = SocketError::Io {
+            what: "raw ICMPv6 socket",
+            bridge: "virbr0".into(),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("raw ICMPv6 socket on bridge virbr0: "),
+            "{text}"
+        );
+        assert!(text.contains("needs CAP_NET_RAW"), "{text}");
+    }
+
+    #[test]
     fn if_inet6_link_local_states() {
         let text = "\
 fd2bf0ad6f7c00000000000000000001 05 40 00 80     virbr0
