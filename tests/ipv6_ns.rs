@@ -200,6 +200,15 @@ impl Lab {
     }
 }
 
+/// The lease variables a client script was given, for the test's output.
+fn show_lease_vars(client: &str, env: &str) {
+    let vars: Vec<&str> = env
+        .lines()
+        .filter(|l| l.starts_with("new_") || l.starts_with("reason="))
+        .collect();
+    eprintln!("{client} script environment:\n  {}", vars.join("\n  "));
+}
+
 fn env_var(env: &str, key: &str) -> Option<String> {
     env.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -341,6 +350,7 @@ fn dhclient_gets_the_address_and_dns() {
     lab.wait_file_has("dhclient.reasons", "BOUND6", Duration::from_secs(20));
     eprintln!("dhclient -6 bound after {:?}", started.elapsed());
     let env = lab.read("dhclient.env.BOUND6");
+    show_lease_vars("dhclient -6", &env);
     assert_eq!(
         env_var(&env, "new_ip6_address").as_deref(),
         Some(lab.config.guest.to_string().as_str()),
@@ -429,6 +439,7 @@ fn dhcpcd_gets_the_address_and_dns() {
     );
     lab.wait_file_has("dhcpcd.reasons", "BOUND6", Duration::from_secs(25));
     let env = lab.read("dhcpcd.env.BOUND6");
+    show_lease_vars("dhcpcd", &env);
     assert_eq!(
         env_var(&env, "new_dhcp6_ia_na1_ia_addr1").as_deref(),
         Some(lab.config.guest.to_string().as_str()),
