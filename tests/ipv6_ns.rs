@@ -769,3 +769,45 @@ fn the_test_guest_userland_takes_its_dhcpv6_lease() {
         "{resolv}"
     );
 }
+
+/// With short lifetimes, dhclient renews (T1) and keeps the same address,
+/// and the server counts the renewal as another grant.
+#[test]
+fn dhclient_renews_and_keeps_the_address() {
+    let mut lab = lab("renew", |c| {
+        c.lifetimes.renew = 2;
+        c.lifetimes.rebind = 3;
+        c.lifetimes.address_preferred = 4;
+        c.lifetimes.address_valid = 8;
+    });
+    lab.link_local(&lab.net.guest, "eth0");
+    let script = lab.write_script("dhclient", "BOUND6", "new_ip6_address");
+    let (leases, pid) = (lab.dir.join("leases"), lab.dir.join("pid"));
+    lab.spawn_in_guest(
+        &[
+            "dhclient",
+            "-6",
+            "-d",
+            "-v",
+            "-sf",
+            script.to_str().unwrap(),
+            "-lf",
+            leases.to_str().unwrap(),
+            "-pf",
+            pid.to_str().unwrap(),
+            "eth0",
+        ],
+        "dhclient.log",
+    );
+    lab.wait_file_has("dhclient.reasons", "RENEW6", Duration::from_secs(30));
+    let env = lab.read("dhclient.env.RENEW6");
+    assert_eq!(
+        env_var(&env, "new_ip6_address").as_deref(),
+        Some(lab.config.guest.to_string().as_str()),
+        "{env}"
+    );
+    let stats = lab.dhcp().stats();
+    assert!(get(&stats.renew) >= 1);
+    assert!(get(&stats.leases_granted) >= 2, "bind and renew");
+    assert!(lab.dhcp().lease().borrow().is_some());
+}
