@@ -257,6 +257,13 @@ fn the_kernel_takes_route_mtu_and_prefix_from_the_ra_and_no_slaac_address() {
         "A=0 must leave the guest without a SLAAC address: {addrs}"
     );
     assert!(get(&lab.ra().stats().adverts_sent) >= 1);
+    // The pod's bridge has the kernel defaults (accept_ra=1, forwarding=0):
+    // the server warns that a guest's RA would be taken by the pod.
+    assert!(
+        podnet::logs_of(&lab.net.pod).contains("set net.ipv6.conf.virbr0.accept_ra=0"),
+        "{}",
+        podnet::logs_of(&lab.net.pod)
+    );
 
     // Stopping sends a final RA with router lifetime 0: the guest drops the
     // default route at once instead of keeping a dead router for 30 min.

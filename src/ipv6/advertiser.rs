@@ -21,6 +21,7 @@ use super::config::{Ipv6Config, Mac};
 use super::ra::{self, NdOption, PrefixInfo, RouterAdvert, RouterDiscovery};
 use super::socket::{
     ALL_NODES, BridgeInfo, IcmpSocket, LinkLocal, bridge_info, current_mac, link_local,
+    pod_accepts_ra,
 };
 use super::stats::{RaStats, bump};
 
@@ -91,6 +92,14 @@ impl RouterAdvertiser {
         advert(config, mac, config.lifetimes.router).encode()?;
         let final_advert = advert(config, mac, 0).encode()?;
         let socket = Arc::new(IcmpSocket::open(&bridge)?);
+        if pod_accepts_ra(&bridge.name) {
+            warn!(
+                bridge = %bridge.name,
+                "the pod's kernel accepts router advertisements on the bridge: one sent by the \
+                 guest could route the pod through it; set net.ipv6.conf.{}.accept_ra=0",
+                bridge.name
+            );
+        }
         let stats = Arc::new(RaStats::default());
         info!(
             bridge = %bridge.name,

@@ -148,6 +148,22 @@ fn ipv6_disabled(name: &str) -> bool {
     }
 }
 
+/// Whether the pod's own kernel would take Router Advertisements heard on
+/// `name` (accept_ra 2, or 1 while not forwarding): then an RA the guest
+/// sends could give the pod a default route through the guest.
+pub fn pod_accepts_ra(name: &str) -> bool {
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/{key}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    match read("accept_ra").as_str() {
+        "2" => true,
+        "1" => read("forwarding") != "1",
+        _ => false,
+    }
+}
+
 /// The state of the bridge's link-local address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkLocal {
