@@ -724,6 +724,28 @@ fn the_test_guest_userland_takes_its_dhcpv6_lease() {
         root.display()
     )));
     lab.link_local(&lab.net.guest, "eth0");
+    // The guest's rc decides "there is an IPv6 router" with this function,
+    // from busybox ip's view of the RA's default route.
+    let root_text = root.to_str().unwrap().to_string();
+    wait_until(
+        "the guest's ipv6_router to see the RA's default route",
+        Duration::from_secs(10),
+        || {
+            lab.net
+                .guest
+                .command(&[
+                    "chroot",
+                    &root_text,
+                    "/bin/sh",
+                    "-c",
+                    ". /etc/vmpod/functions.sh && ipv6_router",
+                ])
+                .status()
+                .expect("chroot")
+                .success()
+                .then_some(())
+        },
+    );
     let r = root.display();
     let cmd = format!(
         "mount --bind /dev {r}/dev && mount -t proc proc {r}/proc && \
