@@ -75,7 +75,8 @@ pub fn advert(config: &Ipv6Config, bridge_mac: Mac, router_lifetime: u16) -> Rou
 pub struct RouterAdvertiser {
     stats: Arc<RaStats>,
     socket: Arc<IcmpSocket>,
-    final_advert: Vec<u8>,
+    config: Ipv6Config,
+    start_mac: Mac,
     task: JoinHandle<()>,
 }
 
@@ -90,7 +91,6 @@ impl RouterAdvertiser {
         let mac = config.bridge_mac.unwrap_or(bridge.mac);
         // Encoded once here so an unencodable config fails at start.
         advert(config, mac, config.lifetimes.router).encode()?;
-        let final_advert = advert(config, mac, 0).encode()?;
         let socket = Arc::new(IcmpSocket::open(&bridge)?);
         if pod_accepts_ra(&bridge.name) {
             warn!(
@@ -118,7 +118,8 @@ impl RouterAdvertiser {
         Ok(RouterAdvertiser {
             stats,
             socket,
-            final_advert,
+            config: config.clone(),
+            start_mac: mac,
             task,
         })
     }
@@ -132,7 +133,15 @@ impl RouterAdvertiser {
     /// keeping a dead router for up to the router lifetime.
     pub async fn stop(self) {
         self.task.abort();
-        let send = self.socket.send_to(&self.final_advert, ALL_NODES);
+        let mac = self
+            .config
+            .bridge_mac
+            .or_else(|| current_mac(&self.config.bridge))
+            .unwrap_or(self.start_mac);
+        let Ok(last) = advert(&self.config, mac, 0).encode() else {
+            return;
+        };
+        let send = self.socket.send_to(&last, ALL_NODES);
         match tokio::time::timeout(Duration::from_secs(1), send).await {
             Ok(Ok(_)) => debug!("final router advertisement sent"),
             Ok(Err(e)) => debug!("final router advertisement not sent: {e}"),
