@@ -222,6 +222,7 @@ fn env_var(env: &str, key: &str) -> Option<String> {
 #[test]
 fn the_kernel_takes_route_mtu_and_prefix_from_the_ra_and_no_slaac_address() {
     let lab = lab("raKernel", |c| c.mtu = 1400);
+    let started = Instant::now();
     let bridge_ll = lab.link_local(&lab.net.pod, BRIDGE);
     let route = wait_until(
         "a default route from the RA",
@@ -230,6 +231,10 @@ fn the_kernel_takes_route_mtu_and_prefix_from_the_ra_and_no_slaac_address() {
             let r = lab.net.guest.sh(&["ip", "-6", "route", "show", "default"]);
             r.contains("proto ra").then_some(r)
         },
+    );
+    eprintln!(
+        "the guest had its RA default route {:?} after the servers started",
+        started.elapsed()
     );
     assert!(
         route.contains(&format!("via {bridge_ll} dev eth0")),
