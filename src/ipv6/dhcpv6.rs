@@ -309,8 +309,9 @@ impl Dhcpv6Core {
                 }
                 reply.opts_mut().insert(status(Status::Success, "done"));
             }
-            T::InformationRequest => {}
-            _ => unreachable!("filtered above"),
+            // INFORMATION-REQUEST gets the configuration options alone;
+            // every other type returned above.
+            _ => {}
         }
         self.add_config_options(&mut reply, t == T::InformationRequest);
         Ok(reply)
