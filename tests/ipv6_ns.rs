@@ -845,3 +845,19 @@ fn dhclient_renews_and_keeps_the_address() {
     assert!(get(&stats.leases_granted) >= 2, "bind and renew");
     assert!(lab.dhcp().lease().borrow().is_some());
 }
+
+/// A bridge deleted under the servers is reported, not silently served.
+#[test]
+fn a_bridge_deleted_under_the_ra_server_is_reported() {
+    let lab = lab("bridgeGone", |_| {});
+    lab.net.pod.sh(&["ip", "link", "del", BRIDGE]);
+    wait_until(
+        "the RA server to report it",
+        Duration::from_secs(10),
+        || {
+            podnet::logs_of(&lab.net.pod)
+                .contains("the bridge this RA server was bound to is gone")
+                .then_some(())
+        },
+    );
+}

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Ipv6Error;
 use super::config::{Ipv6Config, Mac};
 use super::ra::{self, NdOption, PrefixInfo, RouterAdvert, RouterDiscovery};
 use super::socket::{
-    ALL_NODES, BridgeInfo, IcmpSocket, LinkLocal, bridge_info, current_mac, link_local,
+    ALL_NODES, BridgeInfo, IcmpSocket, LinkLocal, bridge_info, current_mac, index_of, link_local,
     pod_accepts_ra,
 };
 use super::stats::{RaStats, bump};
@@ -227,10 +227,23 @@ async fn advertise(
     let mut next_unsolicited = tokio::time::Instant::now();
     let mut last_solicited: Option<Instant> = None;
     let mut logged_waiting = false;
+    let mut logged_gone = false;
     let mut buf = vec![0u8; 1500];
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_unsolicited) => {
+                if index_of(&bridge.name) != Some(bridge.index) {
+                    if !logged_gone {
+                        logged_gone = true;
+                        error!(
+                            bridge = %bridge.name,
+                            "the bridge this RA server was bound to is gone (deleted, or \
+                             created again); restart the IPv6 servers"
+                        );
+                    }
+                    next_unsolicited += Duration::from_secs(1);
+                    continue;
+                }
                 let source = match link_local(bridge.index) {
                     LinkLocal::Ready(a) => a,
                     state => {

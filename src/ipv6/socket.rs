@@ -103,6 +103,16 @@ pub fn bridge_info(name: &str) -> Result<BridgeInfo, SocketError> {
     })
 }
 
+/// The ifindex of interface `name` now (None: no such interface). A bridge
+/// deleted and created again has a new one, and sockets bound to the old
+/// one hear nothing.
+pub fn index_of(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// The interface's MAC now, if it can be read. A Linux bridge whose MAC
 /// was never set explicitly takes the lowest MAC of its ports, so it can
 /// change when the guest's tap joins.
