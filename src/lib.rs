@@ -9,6 +9,7 @@ pub mod dns;
 pub mod health;
 pub mod host;
 pub mod init;
+pub mod ipv6;
 pub mod libvirt;
 pub mod logging;
 pub mod logtail;
