@@ -8,11 +8,11 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{MacAddr, EgressMode, Ingress, Protocol, ProxyProtocol, VmConfig};
+use crate::addressing::AddressingPlan;
+use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
+use crate::dhcp::DhcpConfigError;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
-use crate::addressing::AddressingPlan;
-use crate::dhcp::DhcpConfigError;
 use crate::libvirt::domain::{self, DomainError};
 use crate::net::firewall;
 use crate::net::route;

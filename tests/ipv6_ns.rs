@@ -552,8 +552,7 @@ fn client_socket() -> std::net::UdpSocket {
 }
 
 fn eth0_index() -> u32 {
-    // SAFETY: a NUL-terminated name.
-    unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+    nix::net::if_::if_nametoindex("eth0").expect("eth0 exists")
 }
 
 /// Sends `packet` to All_DHCP_Relay_Agents_and_Servers and waits for one

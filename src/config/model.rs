@@ -167,9 +167,9 @@ impl<'de> Deserialize<'de> for DnsSetting {
             Word(String),
             List(Vec<IpAddr>),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected `forward` or a list of IP addresses")
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected `forward` or a list of IP addresses"))?
+        {
             Raw::Word(w) if w == "forward" => Ok(DnsSetting::Forward),
             Raw::Word(w) => Err(serde::de::Error::custom(format!(
                 "`{w}`: expected `forward` or a list of IP addresses"

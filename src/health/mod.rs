@@ -25,15 +25,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::addressing::GuestServices;
 use crate::config::EgressMode;
+use crate::dhcp::{DhcpStats, Lease};
+use crate::dns::DnsStats;
 use crate::libvirt::guest::GuestState;
 use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
 use crate::relay::running::{ListenError, Relays};
 use crate::relay::stats::RelayStats;
-use crate::addressing::GuestServices;
-use crate::dhcp::{DhcpStats, Lease};
-use crate::dns::DnsStats;
 use readiness::{Expectations, GuestAddress, KernelFacts, Phase, Reported};
 
 /// A running watch loop beats every 500 ms; a restart of the guest holds it
@@ -56,7 +56,7 @@ pub struct RelayHandle {
 }
 
 /// What `/readyz` and `/metrics` read of the guest services.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ServiceHandles {
     pub dhcp: Option<Arc<DhcpStats>>,
     pub dns: Option<Arc<DnsStats>>,

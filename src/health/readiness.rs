@@ -292,7 +292,10 @@ mod tests {
         let mut kernel = healthy_kernel();
         let f = failures(&expect(), &unleased, Some(&kernel));
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].starts_with("address: the guest has no DHCP lease"), "{f:?}");
+        assert!(
+            f[0].starts_with("address: the guest has no DHCP lease"),
+            "{f:?}"
+        );
         // A static guest: seen on the bridge from its own MAC.
         kernel.guest_neighbor = Some(Ok(Some("52:54:00:f2:3e:a1".into())));
         assert!(failures(&expect(), &unleased, Some(&kernel)).is_empty());
@@ -302,7 +305,9 @@ mod tests {
         e.address.as_mut().unwrap().dhcp = false;
         assert_eq!(
             failures(&e, &unleased, Some(&kernel)),
-            ["address: 10.0.1.2 does not answer from 52:54:00:f2:3e:a1 on virbr0 (10.0.1.2 answers from 52:54:00:00:00:01)"]
+            [
+                "address: 10.0.1.2 does not answer from 52:54:00:f2:3e:a1 on virbr0 (10.0.1.2 answers from 52:54:00:00:00:01)"
+            ]
         );
         // A lease for another address does not count.
         unleased.lease = Some("10.0.1.9".parse().unwrap());

@@ -5,6 +5,12 @@
 //! Everything is read through the calling thread's network namespace
 //! (ioctls on a socket, /proc/thread-self/net), never through /sys, which
 //! shows the namespace that mounted it.
+//!
+//! The interface ioctls (SIOCGIFFLAGS, SIOCGIFHWADDR), the ICMPv6 filter
+//! and the raw socket's registration have no safe wrapper in nix or
+//! socket2, so this module alone may use `unsafe`; each block says why it
+//! is sound.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io::{self, IoSliceMut};
