@@ -95,26 +95,21 @@ async fn handle(
     settings: ProxySettings,
     stats: &RelayStats,
 ) {
-    let mut upstream = match tokio::time::timeout(
-        settings.connect_timeout,
-        TcpStream::connect(target),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            RelayStats::add(&stats.upstream_failed, 1);
-            tracing::debug!(relay = name, %peer, %target, error = %e, "upstream connect failed");
-            socket::abort(client);
-            return;
-        }
-        Err(_) => {
-            RelayStats::add(&stats.upstream_failed, 1);
-            tracing::debug!(relay = name, %peer, %target, "upstream connect timed out");
-            socket::abort(client);
-            return;
-        }
-    };
+    let mut upstream =
+        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                upstream_failed(name, stats, peer, target, &e.to_string());
+                socket::abort(client);
+                return;
+            }
+            Err(_) => {
+                let why = format!("no answer within {:?}", settings.connect_timeout);
+                upstream_failed(name, stats, peer, target, &why);
+                socket::abort(client);
+                return;
+            }
+        };
     if let Some(version) = settings.proxy_protocol
         && let Err(e) = send_proxy_header(version, &client, peer, &mut upstream).await
     {
@@ -134,6 +129,33 @@ async fn handle(
     )
     .await;
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
+}
+
+/// Counts a connection whose upstream (the guest, for ingress) refused or
+/// did not answer, and says so in the log, at most once per interval: a
+/// guest whose service is down shows as one line, not one per client.
+fn upstream_failed(
+    name: &'static str,
+    stats: &RelayStats,
+    peer: SocketAddr,
+    target: SocketAddr,
+    why: &str,
+) {
+    RelayStats::add(&stats.upstream_failed, 1);
+    match stats.upstream_log.admit(std::time::Instant::now()) {
+        Some(held_back) => tracing::warn!(
+            relay = name,
+            %peer,
+            %target,
+            port = target.port(),
+            reason = why,
+            similar_not_logged = held_back,
+            "cannot connect upstream: the client is reset"
+        ),
+        None => {
+            tracing::debug!(relay = name, %peer, %target, reason = why, "upstream connect failed")
+        }
+    }
 }
 
 /// The header goes out alone, before the pump forwards any client byte.
