@@ -87,6 +87,14 @@ pub enum Hook {
 pub enum Priority {
     /// -150: before conntrack's NAT, where TPROXY must run.
     Mangle,
+    /// -140: just after other tables' mangle chains (a mesh's TPROXY), so
+    /// that vmpod's TPROXY decides last which socket gets the packet.
+    AfterMangle,
+    /// -110 for nat chains: NAT is bound once per connection and the nat
+    /// chains of every table at a hook run in priority order until one
+    /// binds, so a nat chain here binds before any mesh's (iptables-nft
+    /// and istio-nftables register theirs at -100).
+    BeforeDstNat,
     /// -100: destination NAT.
     DstNat,
     /// -90 in prerouting: destination NAT after other tables' (a sidecar's).
@@ -187,6 +195,10 @@ pub enum Action {
     Dnat(SocketAddr),
     /// `snat ip to A` (or `ip6`).
     Snat(IpAddr),
+    /// `dnat ip to ip daddr` (or `ip6`): an identity DNAT. It rewrites
+    /// nothing, but it binds the connection's destination NAT, and the
+    /// kernel runs no later nat chain for a connection already bound.
+    DnatToOwnDestination(IpFamily),
 }
 
 /// Render the table for `config`.
@@ -219,7 +231,12 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             name: "egress_tproxy",
             kind: ChainType::Filter,
             hook: Hook::Prerouting,
-            priority: Priority::Mangle,
+            // After the mesh's own mangle chains: a mesh that intercepts
+            // inbound TCP with TPROXY (Istio's TPROXY mode) hands the
+            // guest's SYN to its proxy there, and an `accept` in another
+            // table cannot stop it; running after it, vmpod's TPROXY
+            // re-assigns the packet's socket and has the last word.
+            priority: Priority::AfterMangle,
             rules: [
                 Some(Rule {
                     // Not the first SYN: when the guest reuses a source
@@ -262,28 +279,30 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             .flatten()
             .collect(),
         }),
-        EgressMode::Redirect => chains.push(Chain {
-            name: "egress_redirect",
-            kind: ChainType::Nat,
-            hook: Hook::Prerouting,
-            priority: Priority::DstNat,
-            rules: [
-                guest.exclusions_return(&exclude),
-                Some(Rule {
-                    matches: guest.new_tcp(),
-                    actions: vec![Action::Redirect(egress.listen_port)],
-                    comment: format!(
-                        "new guest TCP connection: to the egress proxy on port {}",
-                        egress.listen_port
-                    ),
-                }),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        }),
-        EgressMode::Kernel => {}
+        EgressMode::Redirect | EgressMode::Kernel => {}
     }
+    chains.push(Chain {
+        name: "guest_nat_first",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
+        priority: Priority::BeforeDstNat,
+        rules: guest_nat_first(config, &guest, &exclude),
+    });
+    chains.push(Chain {
+        name: "pod_to_guest_nat_first",
+        kind: ChainType::Nat,
+        hook: Hook::Output,
+        // nft has no name for this priority in the output hook.
+        priority: Priority::Number(-110),
+        rules: [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .map(|family| Rule {
+                matches: vec![Match::OutInterface(net.bridge.clone())],
+                actions: vec![Action::DnatToOwnDestination(family)],
+                comment: "the pod's connection to the guest stays inside the pod: bound here, no mesh captures it as outbound".into(),
+            })
+            .collect(),
+    });
 
     let udp = egress.udp == UdpEgress::Masquerade;
     let masquerade = if egress.mode.uses_proxy() {
@@ -349,6 +368,48 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
     }
 
     FirewallPlan { chains }
+}
+
+/// The rules of `guest_nat_first`: every new connection from the bridge
+/// gets its NAT binding here, before any mesh's nat chain can bind it.
+/// Meshes capture *inbound* traffic with a nat REDIRECT in prerouting
+/// (Istio's to 15006, ambient's, Linkerd's to 4143); the guest's
+/// connections are no inbound traffic of the pod, and the first binding
+/// wins. In redirect mode the binding is the redirect to the egress
+/// listener; everything else gets an identity DNAT (the destination it
+/// already has).
+fn guest_nat_first(config: &VmConfig, guest: &Guest, exclude: &[IpNet]) -> Vec<Rule> {
+    let egress = &config.network.egress;
+    let mut rules = Vec::new();
+    if egress.mode == EgressMode::Redirect {
+        if !exclude.is_empty() {
+            rules.push(Rule {
+                matches: vec![
+                    Match::InInterface(guest.bridge.into()),
+                    Match::Source(guest.subnet),
+                    Match::DestinationIn(guest.family, exclude.to_vec()),
+                ],
+                actions: vec![Action::DnatToOwnDestination(guest.family)],
+                comment: "excluded destination: not proxied, the kernel forwards it".into(),
+            });
+        }
+        rules.push(Rule {
+            matches: guest.new_tcp(),
+            actions: vec![Action::Redirect(egress.listen_port)],
+            comment: format!(
+                "new guest TCP connection: to the egress proxy on port {}",
+                egress.listen_port
+            ),
+        });
+    }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        rules.push(Rule {
+            matches: vec![Match::InInterface(guest.bridge.into())],
+            actions: vec![Action::DnatToOwnDestination(family)],
+            comment: "new connection from the guest: NAT bound to its own destination, so no mesh redirects it to its inbound port".into(),
+        });
+    }
+    rules
 }
 
 /// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).
@@ -555,6 +616,8 @@ impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Priority::Mangle => "mangle",
+            Priority::AfterMangle => "mangle + 10",
+            Priority::BeforeDstNat => "dstnat - 10",
             Priority::DstNat => "dstnat",
             Priority::AfterDstNat => "dstnat + 10",
             Priority::Number(n) => return write!(f, "{n}"),
@@ -667,6 +730,7 @@ impl fmt::Display for Action {
             }
             Action::Snat(IpAddr::V4(to)) => write!(f, "snat ip to {to}"),
             Action::Snat(IpAddr::V6(to)) => write!(f, "snat ip6 to {to}"),
+            Action::DnatToOwnDestination(family) => write!(f, "dnat {family} to {family} daddr"),
         }
     }
 }
@@ -724,14 +788,23 @@ mod tests {
         let p = plan(&config(""));
         let s = p.script();
         let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["egress_tproxy", "egress_masquerade", "guest_input"]);
-        assert!(s.contains("type filter hook prerouting priority mangle; policy accept;"));
+        assert_eq!(
+            names,
+            [
+                "egress_tproxy",
+                "guest_nat_first",
+                "pod_to_guest_nat_first",
+                "egress_masquerade",
+                "guest_input"
+            ]
+        );
+        assert!(s.contains("type filter hook prerouting priority mangle + 10; policy accept;"));
         assert!(s.contains(SOCKET_RULE), "{s}");
         assert!(s.contains(TPROXY_RULE), "{s}");
         assert!(s.contains(UDP_MASQ), "{s}");
         assert!(s.contains(ICMP_MASQ), "{s}");
         assert!(!s.contains("return"), "no exclusions, no return: {s}");
-        assert!(!s.contains("redirect"), "{s}");
+        assert!(!s.contains("redirect to"), "{s}");
         // The socket rule comes first: established connections must not
         // be sent through tproxy again.
         let t = chain(&p, "egress_tproxy").unwrap();
@@ -741,8 +814,8 @@ mod tests {
     #[test]
     fn redirect_mode() {
         let s = script("network:\n  egress:\n    mode: redirect\n");
-        assert!(s.contains("chain egress_redirect {"), "{s}");
-        assert!(s.contains("type nat hook prerouting priority dstnat; policy accept;"));
+        assert!(s.contains("chain guest_nat_first {"), "{s}");
+        assert!(s.contains("type nat hook prerouting priority dstnat - 10; policy accept;"));
         assert!(s.contains(REDIRECT_RULE), "{s}");
         assert!(!s.contains("tproxy"), "{s}");
         assert!(!s.contains("socket"), "{s}");
@@ -756,13 +829,22 @@ mod tests {
         let p = plan(&config("network:\n  egress:\n    mode: kernel\n"));
         let s = p.script();
         let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
-        assert_eq!(names, ["egress_masquerade", "guest_input"], "{s}");
+        assert_eq!(
+            names,
+            [
+                "guest_nat_first",
+                "pod_to_guest_nat_first",
+                "egress_masquerade",
+                "guest_input"
+            ],
+            "{s}"
+        );
         assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
         assert!(
             s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
             "{s}"
         );
-        for absent in ["tproxy", "redirect", "socket", "mark", "l4proto"] {
+        for absent in ["tproxy", "redirect to", "socket", "mark", "l4proto"] {
             assert!(!s.contains(absent), "{absent} in {s}");
         }
     }
@@ -796,9 +878,16 @@ mod tests {
             let s = p.script();
             // Sorted and merged: 10.100.0.0/16 lies inside 10.96.0.0/12.
             let set = "ip daddr { 10.96.0.0/12, 169.254.169.254 }";
+            // In redirect mode an excluded destination must get its NAT
+            // binding in vmpod's chain, not fall through to a mesh's.
+            let skip = if mode == "tproxy" {
+                "return"
+            } else {
+                "dnat ip to ip daddr"
+            };
             assert!(
                 s.contains(&format!(
-                    "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} return comment"
+                    "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} {skip} comment"
                 )),
                 "{mode}: {s}"
             );
@@ -808,11 +897,21 @@ mod tests {
                 )),
                 "{mode}: {s}"
             );
-            let proxy = &p.chains[0];
-            let ret = proxy
-                .rules
-                .iter()
-                .position(|r| r.actions == [Action::Return]);
+            let proxy = chain(
+                &p,
+                if mode == "tproxy" {
+                    "egress_tproxy"
+                } else {
+                    "guest_nat_first"
+                },
+            )
+            .unwrap();
+            let ret = proxy.rules.iter().position(|r| {
+                r.actions == [Action::Return]
+                    || r.matches
+                        .iter()
+                        .any(|m| matches!(m, Match::DestinationIn(..)))
+            });
             let last = proxy.rules.len() - 1;
             assert!(ret.is_some_and(|i| i < last), "{mode}: {s}");
         }
@@ -955,7 +1054,7 @@ mod tests {
     #[test]
     fn no_dnat_port_no_dnat_rules() {
         let s = script("");
-        for absent in ["ingress_dnat", "ct direction", "snat", "dnat"] {
+        for absent in ["ingress_dnat", "ct direction", "snat", "dnat ip to 10"] {
             assert!(!s.contains(absent), "{absent} in {s}");
         }
     }
