@@ -104,7 +104,7 @@ const ISTIO_TPROXY: Mesh = Mesh {
         "--inbound-tproxy",
         "--inbound-from",
         "127.0.0.6",
-        "--mark",
+        "--inbound-mark",
         "0x539",
     ],
     routes: &[

@@ -12,6 +12,8 @@ own proxy behaves (it runs as the mesh's proxy user, started with setpriv):
   --inbound-from ADDR    the inbound relay connects from ADDR (Envoy's
                          passthrough uses 127.0.0.6)
   --mark N               SO_MARK on every upstream socket (ztunnel: 0x539)
+  --inbound-mark N       SO_MARK on the inbound relay's upstream sockets only
+                         (Envoy's passthrough in TPROXY mode: 1337)
   --dns PORT             a DNS proxy on PORT (UDP and TCP) that knows one name
   --dns-name NAME --dns-answer IP
                          the name only the mesh knows, and its A record; any
@@ -34,6 +36,7 @@ p.add_argument("--inbound", type=int)
 p.add_argument("--inbound-tproxy", action="store_true")
 p.add_argument("--inbound-from")
 p.add_argument("--mark", type=lambda s: int(s, 0))
+p.add_argument("--inbound-mark", type=lambda s: int(s, 0))
 p.add_argument("--dns", type=int)
 p.add_argument("--dns-name")
 p.add_argument("--dns-answer")
@@ -85,8 +88,9 @@ def handle(port, conn, peer, inbound):
         return reset(conn)
     up = socket.socket()
     try:
-        if args.mark is not None:
-            up.setsockopt(socket.SOL_SOCKET, SO_MARK, args.mark)
+        mark = args.inbound_mark if inbound and args.inbound_mark is not None else args.mark
+        if mark is not None:
+            up.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         if inbound and args.inbound_from:
             up.bind((args.inbound_from, 0))
         up.settimeout(5)
@@ -101,12 +105,12 @@ def handle(port, conn, peer, inbound):
     threading.Thread(target=pump, args=(up, conn), daemon=True).start()
 
 
-def tcp_listener(port, transparent=False):
+def tcp_listener(port, transparent=False, addr="0.0.0.0"):
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if transparent:
         ls.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    ls.bind(("0.0.0.0", port))
+    ls.bind((addr, port))
     ls.listen(128)
     return ls
 
@@ -142,7 +146,10 @@ def answer(msg):
 
 def dns_udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    # 127.0.0.1, as Istio's and ztunnel's DNS proxies bind it: a REDIRECT in
+    # OUTPUT sends the query there, and the answer must leave from there to
+    # match the query's conntrack entry and be un-NATed to the nameserver.
+    s.bind(("127.0.0.1", port))
     while True:
         msg, peer = s.recvfrom(4096)
         try:
@@ -185,7 +192,7 @@ if args.inbound:
     ls = tcp_listener(args.inbound, transparent=args.inbound_tproxy)
     threads.append((accept_loop, (args.inbound, ls, True)))
 if args.dns:
-    threads.append((dns_tcp, (tcp_listener(args.dns),)))
+    threads.append((dns_tcp, (tcp_listener(args.dns, addr="127.0.0.1"),)))
     threads.append((dns_udp, (args.dns,)))
 for target, a in threads:
     threading.Thread(target=target, args=a, daemon=True).start()
