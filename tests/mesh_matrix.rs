@@ -655,3 +655,146 @@ fn dns_through_istio_nftables() {
 fn dns_through_istio_ambient() {
     dns_case(&AMBIENT);
 }
+
+// ---- both IP families --------------------------------------------------
+
+/// Two namespaces made for one test, deleted when dropped.
+struct NsPair {
+    pod: Option<Ns>,
+    guest: Option<Ns>,
+    names: [String; 2],
+}
+
+impl NsPair {
+    fn new(test: &str) -> NsPair {
+        let names = [
+            format!("vt{}-{test}-p", std::process::id()),
+            format!("vt{}-{test}-g", std::process::id()),
+        ];
+        for n in &names {
+            support::sandbox::run_ok(Command::new("ip").args(["netns", "add", n]));
+        }
+        NsPair {
+            pod: Some(Ns::enter(&names[0])),
+            guest: Some(Ns::enter(&names[1])),
+            names,
+        }
+    }
+}
+
+impl Drop for NsPair {
+    fn drop(&mut self) {
+        self.pod.take();
+        self.guest.take();
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Which of the pod's two listeners (the service's port or the mesh's
+/// inbound port) a guest connection to `to` reaches.
+fn reached(guest: &Ns, to: SocketAddr) -> String {
+    guest.run(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(to))
+                .await
+                .unwrap_or_else(|_| panic!("connect {to}: timed out"))
+                .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        got
+    })
+}
+
+/// vmpod's real table for an IPv6 guest, beside a mesh's capture of every
+/// inbound TCP connection (`REDIRECT --to-ports 15006`, with iptables and
+/// ip6tables, installed after vmpod's table): the guest's connections to
+/// the pod reach the port they were made to in both families; without
+/// vmpod's table they reach 15006. The matrix above runs on IPv4 only
+/// (its pod and cluster are IPv4); this is the IPv6 half of the lever.
+#[test]
+fn the_nat_binding_comes_first_in_both_families() {
+    require_tools();
+    let pair = NsPair::new("mx46");
+    let (pod, guest) = (pair.pod.as_ref().unwrap(), pair.guest.as_ref().unwrap());
+    // The pod end is named as the config's bridge: the rules match on it.
+    support::sandbox::run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        "br6",
+        "netns",
+        &pair.names[0],
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pair.names[1],
+    ]));
+    for (ns, addrs) in [
+        (pod, ["fd00:1::1/64", "10.0.1.1/24"]),
+        (guest, ["fd00:1::2/64", "10.0.1.2/24"]),
+    ] {
+        let dev = if ns.name == pair.names[0] {
+            "br6"
+        } else {
+            "eth0"
+        };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        for a in addrs {
+            ns.sh(&["ip", "addr", "add", a, "dev", dev, "nodad"]);
+        }
+        ns.sh(&["ip", "link", "set", dev, "up"]);
+    }
+    let yaml = "name: t\nboot:\n  kernel: /k\nnetwork:\n  bridge: br6\n  gateway: fd00:1::1/64\n  \
+                guest_ip: fd00:1::2\n  egress:\n    mode: tproxy\n";
+    let config = vmpod::config::load("<test>", yaml, vmpod::config::FileChecks::Warn)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    pipe_into(
+        pod,
+        &["nft", "-f", "-"],
+        &vmpod::net::firewall::plan(&config).script(),
+    );
+    let capture = "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n";
+    pipe_into(pod, &["iptables-restore"], capture);
+    pipe_into(pod, &["ip6tables-restore"], capture);
+    let servers: Vec<_> = [80u16, 15006]
+        .into_iter()
+        .map(|port| {
+            let l = pod.run(async move {
+                let s = tokio::net::TcpSocket::new_v6().unwrap();
+                s.set_reuseaddr(true).unwrap();
+                s.bind(format!("[::]:{port}").parse().unwrap()).unwrap();
+                s.listen(16).unwrap()
+            });
+            pod.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Ok((mut c, _)) = l.accept().await {
+                    let _ = c.write_all(format!("port {port}").as_bytes()).await;
+                }
+            })
+        })
+        .collect();
+    let v6: SocketAddr = "[fd00:1::1]:80".parse().unwrap();
+    let v4: SocketAddr = "10.0.1.1:80".parse().unwrap();
+    let ruleset = || pod.sh(&["nft", "-s", "list", "ruleset"]);
+    for to in [v6, v4] {
+        assert_eq!(reached(guest, to), "port 80", "{to}:\n{}", ruleset());
+    }
+    pod.sh(&["nft", "delete", "table", "inet", "vmpod"]);
+    for to in [v6, v4] {
+        assert_eq!(
+            reached(guest, to),
+            "port 15006",
+            "{to}: without vmpod's table the mesh's capture applies:\n{}",
+            ruleset()
+        );
+    }
+    for s in servers {
+        s.abort();
+    }
+}
