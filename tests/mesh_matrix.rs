@@ -117,6 +117,14 @@ const ISTIO_TPROXY: Mesh = Mesh {
     ..ISTIO_IPTABLES
 };
 
+const ISTIO_NFTABLES_TPROXY: Mesh = Mesh {
+    name: "istio-nftables-tproxy",
+    fixture: "istio-sidecar-tproxy.nft",
+    loader: Loader::NftFile,
+    tables: &[("inet", "istio-proxy-nat"), ("inet", "istio-proxy-mangle")],
+    ..ISTIO_TPROXY
+};
+
 const AMBIENT: Mesh = Mesh {
     name: "istio-ambient",
     fixture: "istio-ambient.rules",
@@ -638,6 +646,7 @@ matrix! {
     istio_iptables: Some(&super::ISTIO_IPTABLES) => tproxy, redirect, kernel;
     istio_nftables: Some(&super::ISTIO_NFTABLES) => tproxy, redirect, kernel;
     istio_tproxy: Some(&super::ISTIO_TPROXY) => tproxy;
+    istio_nftables_tproxy: Some(&super::ISTIO_NFTABLES_TPROXY) => tproxy;
     istio_ambient: Some(&super::AMBIENT) => tproxy, redirect, kernel;
     linkerd: Some(&super::LINKERD) => tproxy, redirect, kernel;
 }
@@ -645,6 +654,11 @@ matrix! {
 #[test]
 fn istio_tproxy_breaks_redirect_mode() {
     broken_case(&ISTIO_TPROXY, "redirect");
+}
+
+#[test]
+fn istio_nftables_tproxy_breaks_redirect_mode() {
+    broken_case(&ISTIO_NFTABLES_TPROXY, "redirect");
 }
 
 #[test]
