@@ -35,7 +35,8 @@ fn json(cmd: &mut Command) -> Value {
 
 fn rendered(vm: &RunningVm) -> Value {
     let config = vm.config_path.to_str().unwrap();
-    json(&mut vm.sandbox.in_pod(&[
+    // In vmpod's own namespaces: the same MTU and /etc/resolv.conf.
+    json(&mut vm.sandbox.in_sandbox(&[
         env!("CARGO_BIN_EXE_vmpod"),
         "render",
         "--what",
