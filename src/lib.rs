@@ -1,6 +1,7 @@
 //! vmpod: the PID 1 of a pod that runs one virtual machine, making the VM a
 //! first-class member of the pod's service mesh.
 
+pub mod cloudinit;
 pub mod config;
 pub mod consoles;
 pub mod dhcp;
