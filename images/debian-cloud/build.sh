@@ -147,6 +147,9 @@ mmdebstrap --variant=apt --mode=root --format=directory \
     bookworm "$root" "$sources" >&2
 
 log "configuring the tree"
+# This directory's files again: a package's postinst (locales writes
+# /etc/default/locale) must not have the last word.
+cp -a "$here/rootfs/." "$root/"
 # A cloud image carries no identity: no host keys (cloud-init makes them at
 # first boot), an empty machine-id (systemd makes one), no host name.
 rm -f "$root"/etc/ssh/ssh_host_*

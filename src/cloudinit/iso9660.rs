@@ -305,7 +305,7 @@ fn root_path_table(root: u32, big_endian: bool) -> Vec<u8> {
 
 /// ECMA-119 9.1. The recording date is 1970-01-01 00:00 UTC, fixed.
 fn dir_record(extent: u32, size: u32, dir: bool, ident: &[u8]) -> Vec<u8> {
-    let pad = usize::from(ident.len() % 2 == 0);
+    let pad = usize::from(ident.len().is_multiple_of(2));
     let len = 33 + ident.len() + pad;
     let mut r = vec![0u8; len];
     r[0] = len as u8;

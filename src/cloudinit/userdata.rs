@@ -123,9 +123,11 @@ pub fn with_ssh_keys(user_data: &[u8], keys: &[String]) -> Result<Vec<u8>, SeedE
     }
     out.extend_from_slice(
         format!(
+            // The line break before a boundary belongs to the boundary
+            // (RFC 2046): the blank line keeps the part's last newline.
             "--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\
              Content-Transfer-Encoding: 8bit\nContent-Disposition: attachment; \
-             filename=\"vmpod-ssh-keys\"\n\n{keys_part}--{boundary}--\n"
+             filename=\"vmpod-ssh-keys\"\n\n{keys_part}\n--{boundary}--\n"
         )
         .as_bytes(),
     );
