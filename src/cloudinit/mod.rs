@@ -43,6 +43,12 @@ pub enum SeedError {
     BadSshKey { index: usize, reason: &'static str },
     #[error("the seed image: {0}")]
     Iso(#[from] IsoError),
+    #[error("reading {path} for the cloud-init seed: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing the cloud-init seed {path}: {source}")]
     Write {
         path: PathBuf,
@@ -87,6 +93,24 @@ impl SeedSpec {
             network,
         }
     }
+}
+
+/// The keys of `cloud_init.ssh_authorized_keys_files`, in file order
+/// (authorized_keys format: blank lines and comments left out), each
+/// checked; an unreadable file is an error naming it.
+pub fn load_ssh_keys(paths: &[PathBuf]) -> Result<Vec<String>, SeedError> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        keys.extend(read_ssh_keys(&text));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        userdata::check_ssh_key(i, k)?;
+    }
+    Ok(keys)
 }
 
 /// One file of the seed.
@@ -294,6 +318,14 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             SEED_MODE
         );
+        let keys = dir.join("keys");
+        std::fs::write(&keys, "# k\nssh-ed25519 AAAA a\n\nssh-rsa BBBB b\n").unwrap();
+        assert_eq!(
+            load_ssh_keys(&[keys.clone()]).unwrap(),
+            ["ssh-ed25519 AAAA a", "ssh-rsa BBBB b"]
+        );
+        let err = load_ssh_keys(&[keys, dir.join("nokeys")]).unwrap_err();
+        assert!(err.to_string().contains("nokeys"), "{err}");
         let err = write_seed(&spec(), &dir.join("missing").join("seed.iso")).unwrap_err();
         assert!(err.to_string().contains("missing/seed.iso"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
