@@ -82,6 +82,15 @@ fn new_key(dir: &Path, name: &str) -> String {
         .to_string()
 }
 
+/// The serial log outlives the test's temporary directory, for a look
+/// after a failure.
+fn keep_log(log: &str) {
+    let path = repo_root().join("target/debian-cloud-test-serial.log");
+    if std::fs::write(&path, log).is_ok() {
+        eprintln!("serial log kept in {}", path.display());
+    }
+}
+
 fn tail(log: &str, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -118,13 +127,15 @@ fn debian_cloud_guest_runs_the_seed() {
     let user_key = new_key(&dir.0, "user-data-key");
     let merged_key = new_key(&dir.0, "merged-key");
     // The marker line carries what the checks need from inside the guest.
+    // Block scalars: in a plain one, the `: ` of `QGA-LOG: ` would make
+    // the item a mapping and cloud-init's runcmd would refuse it.
     let user_data = format!(
         "#cloud-config\nssh_authorized_keys:\n  - \"{user_key}\"\nruncmd:\n  - >-\n    \
          echo \"{MARKER} agent=$(systemctl is-active qemu-guest-agent)\n    \
          hostkeys=$(ls /etc/ssh/ssh_host_*_key.pub | wc -l)\n    \
          userkeys=$(grep -c ssh-ed25519 /home/debian/.ssh/authorized_keys)\n    \
          host=$(hostname) ip=$(ip -4 -o addr show dev eth0 | awk '{{print $4}}')\" > /dev/ttyS0\n  \
-         - journalctl -b -o cat --no-pager -u qemu-guest-agent | sed 's/^/QGA-LOG: /' > /dev/ttyS0\n"
+         - >-\n    journalctl -b -o cat --no-pager -u qemu-guest-agent | sed 's/^/QGA-LOG: /' > /dev/ttyS0\n"
     );
     let spec = SeedSpec::for_domain(
         "debian-cloud-test",
@@ -203,7 +214,13 @@ fn debian_cloud_guest_runs_the_seed() {
             marker_at = Some(started.elapsed());
         }
         // cloud-init's last word, after runcmd: "Cloud-init v. ... finished at ... Datasource ..."
-        if marker_at.is_some() && log.contains("finished at") {
+        if log.contains("finished at") {
+            keep_log(&log);
+            assert!(
+                marker_at.is_some(),
+                "cloud-init finished without `{MARKER}`; serial tail:\n{}",
+                tail(&log, 80)
+            );
             break log;
         }
         if let Ok(Some(status)) = qemu.0.try_wait() {
@@ -216,6 +233,9 @@ fn debian_cloud_guest_runs_the_seed() {
                 tail(&log, 60)
             );
         }
+        if started.elapsed() >= BOOT_TIMEOUT {
+            keep_log(&log);
+        }
         assert!(
             started.elapsed() < BOOT_TIMEOUT,
             "no `{MARKER}` and cloud-init final message within {BOOT_TIMEOUT:?}; serial tail:\n{}",
@@ -226,6 +246,9 @@ fn debian_cloud_guest_runs_the_seed() {
     let marker_at = marker_at.unwrap();
     let finished_at = started.elapsed();
     let agent = agent_sync(&qga);
+    if log.contains("Invalid cloud-config") {
+        eprintln!("note: cloud-init warned about the merged cloud-config's schema");
+    }
 
     let marker = log
         .lines()

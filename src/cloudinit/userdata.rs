@@ -6,9 +6,9 @@
 //! `text/plain` so cloud-init detects its kind from the first line as it
 //! does for a plain user-data: `#cloud-config`, `#!` script, `## template:
 //! jinja`, gzip, ...), then a `#cloud-config` part with the keys under
-//! `ssh_authorized_keys` (the default user's keys) and a `merge_how` that
-//! appends them to a list the user's cloud-config already has instead of
-//! replacing it. An empty user-data gives just that `#cloud-config`. A
+//! `ssh_authorized_keys` (the default user's keys) and a `Merge-Type`
+//! header that appends them to a list the user's cloud-config already has
+//! instead of replacing it. An empty user-data gives just that `#cloud-config`. A
 //! user-data that is MIME already is nested as is (its headers head the
 //! part).
 //!
@@ -20,6 +20,13 @@ use sha2::{Digest, Sha256};
 
 use super::SeedError;
 use super::yaml::quote;
+
+/// How the keys part merges into the user's cloud-config: its list is
+/// appended to an `ssh_authorized_keys` the user-data has, nothing else
+/// is replaced. A MIME header rather than a `merge_how` key: Debian 12's
+/// cloud-init (22.4) reads both, but its schema has no `merge_how`, and
+/// the merged config is what it validates.
+pub const KEYS_MERGE: &str = "dict(no_replace,recurse_list)+list(append)";
 
 /// The kind cloud-init would see, for `describe` (never the contents).
 pub fn kind(user_data: &[u8]) -> &'static str {
@@ -126,8 +133,8 @@ pub fn with_ssh_keys(user_data: &[u8], keys: &[String]) -> Result<Vec<u8>, SeedE
             // The line break before a boundary belongs to the boundary
             // (RFC 2046): the blank line keeps the part's last newline.
             "--{boundary}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\n\
-             Content-Transfer-Encoding: 8bit\nContent-Disposition: attachment; \
-             filename=\"vmpod-ssh-keys\"\n\n{keys_part}\n--{boundary}--\n"
+             Content-Transfer-Encoding: 8bit\nMerge-Type: {KEYS_MERGE}\n\
+             Content-Disposition: attachment; filename=\"vmpod-ssh-keys\"\n\n{keys_part}\n--{boundary}--\n"
         )
         .as_bytes(),
     );
@@ -136,9 +143,8 @@ pub fn with_ssh_keys(user_data: &[u8], keys: &[String]) -> Result<Vec<u8>, SeedE
 
 fn keys_cloud_config(keys: &[String]) -> String {
     let mut s = String::from(
-        "#cloud-config\n# vmpod: cloud_init.ssh_authorized_keys_files, for the default user;\n\
-         # appended to the user-data's own ssh_authorized_keys.\n\
-         merge_how: \"dict(no_replace,recurse_list)+list(append)\"\nssh_authorized_keys:\n",
+        "#cloud-config\n# vmpod: cloud_init.ssh_authorized_keys_files, for the default user.\n\
+         ssh_authorized_keys:\n",
     );
     for k in keys {
         s.push_str("  - ");
@@ -235,7 +241,7 @@ mod tests {
         assert!(head.contains("Content-Transfer-Encoding: base64"));
         assert_eq!(decode_base64(body), ud);
         assert!(parts[2].contains("Content-Type: text/cloud-config"));
-        assert!(parts[2].contains("merge_how: \"dict(no_replace,recurse_list)+list(append)\""));
+        assert!(parts[2].contains("\nMerge-Type: dict(no_replace,recurse_list)+list(append)\n"));
         assert!(parts[2].contains(&format!("  - \"{KEY}\"\n")));
         assert_eq!(parts[3], "--\n");
     }
