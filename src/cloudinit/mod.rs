@@ -10,6 +10,24 @@
 //!
 //! The user-data may hold secrets: nothing here logs it, and `describe`
 //! (for `vmpod render`) gives only sizes, SHA-256 prefixes and kinds.
+//!
+//! Attaching it (libvirt): a read-only cdrom. For guests with the Debian
+//! `cloud` kernel (images/debian-cloud), which has no AHCI/ATA driver, put
+//! it on a virtio-scsi bus, not SATA/IDE:
+//!
+//! ```xml
+//! <controller type='scsi' model='virtio-scsi'/>
+//! <disk type='file' device='cdrom'>
+//!   <driver name='qemu' type='raw'/>
+//!   <source file='STATE_DIR/cidata.iso'/>
+//!   <target dev='sdz' bus='scsi'/>
+//!   <readonly/>
+//! </disk>
+//! ```
+//!
+//! A read-only virtio disk (`device='disk'`, `bus='virtio'`, `<readonly/>`)
+//! works too: that is what tests/debian_cloud_image.rs boots with (found as
+//! `DataSourceNoCloud [seed=/dev/vdb]`).
 
 mod iso9660;
 mod metadata;
