@@ -138,6 +138,17 @@ impl Guest {
         .await
     }
 
+    /// Asks the qemu guest agent to power the guest off (`guest-shutdown`):
+    /// the fallback for a guest that ignores the ACPI button. Fails at once
+    /// when no agent answers.
+    pub async fn agent_shutdown(&self) -> Result<(), LibvirtError> {
+        self.with_domain(|d| {
+            d.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
+                .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn destroy(&self) -> Result<(), LibvirtError> {
         self.with_domain(|d| d.destroy()).await
     }

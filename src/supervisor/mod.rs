@@ -421,19 +421,26 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         );
     }
 
-    /// ACPI power button, up to `grace` to power off, then destroy.
+    /// ACPI power button; after half of `grace`, the guest agent's
+    /// shutdown for a guest that ignores the button; at the end of `grace`,
+    /// destroy.
     async fn stop_guest(&self, grace: Duration) {
         tracing::info!(?grace, "asking the guest to power off (ACPI)");
         if let Err(e) = self.guest.shutdown().await {
             tracing::warn!(error = %e, "ACPI shutdown request failed");
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline {
-            if matches!(self.guest.state().await, Ok(s) if !s.is_active()) {
-                tracing::info!("guest powered off");
-                return;
+        let start = tokio::time::Instant::now();
+        if self.powered_off_by(start + grace / 2).await {
+            return;
+        }
+        match self.guest.agent_shutdown().await {
+            Ok(()) => tracing::info!("the guest ignored ACPI; asked its guest agent to power off"),
+            Err(e) => {
+                tracing::info!(error = %e, "the guest ignored ACPI and no guest agent answered")
             }
-            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        if self.powered_off_by(start + grace).await {
+            return;
         }
         tracing::warn!(
             ?grace,
@@ -442,5 +449,17 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         if let Err(e) = self.guest.destroy().await {
             tracing::error!(error = %e, "cannot destroy the guest");
         }
+    }
+
+    /// Waits until the guest is off or `deadline` passes; whether it is off.
+    async fn powered_off_by(&self, deadline: tokio::time::Instant) -> bool {
+        while tokio::time::Instant::now() < deadline {
+            if matches!(self.guest.state().await, Ok(s) if !s.is_active()) {
+                tracing::info!("guest powered off");
+                return true;
+            }
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        false
     }
 }

@@ -29,6 +29,8 @@ pub(crate) trait GuestControl: Send + Sync {
     fn state(&self) -> impl Future<Output = Result<GuestState, LibvirtError>> + Send;
     /// The ACPI power button.
     fn shutdown(&self) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// A power-off through the qemu guest agent.
+    fn agent_shutdown(&self) -> impl Future<Output = Result<(), LibvirtError>> + Send;
     fn destroy(&self) -> impl Future<Output = Result<(), LibvirtError>> + Send;
 }
 
@@ -73,6 +75,9 @@ impl GuestControl for Guest {
     }
     async fn shutdown(&self) -> Result<(), LibvirtError> {
         Guest::shutdown(self).await
+    }
+    async fn agent_shutdown(&self) -> Result<(), LibvirtError> {
+        Guest::agent_shutdown(self).await
     }
     async fn destroy(&self) -> Result<(), LibvirtError> {
         Guest::destroy(self).await

@@ -25,6 +25,8 @@ struct World {
     fail: Option<&'static str>,
     /// The guest ignores the ACPI button.
     acpi_ignored: bool,
+    /// The guest runs a guest agent that powers it off when asked.
+    agent: bool,
     taps: u32,
     /// What the network created, as teardown must undo it.
     bridge: bool,
@@ -42,6 +44,7 @@ fn world() -> Shared {
         guest: GuestState::ShutOffClean,
         fail: None,
         acpi_ignored: false,
+        agent: false,
         taps: 0,
         bridge: false,
         per_tap: false,
@@ -98,6 +101,14 @@ impl GuestControl for FakeGuest {
         if !w.acpi_ignored {
             w.guest = GuestState::ShutOffClean;
         }
+        Ok(())
+    }
+    async fn agent_shutdown(&self) -> Result<(), LibvirtError> {
+        let mut w = self.record("agent_shutdown");
+        if !w.agent {
+            return Err(libvirt_fault());
+        }
+        w.guest = GuestState::ShutOffClean;
         Ok(())
     }
     async fn destroy(&self) -> Result<(), LibvirtError> {
@@ -425,7 +436,37 @@ async fn a_guest_that_ignores_acpi_is_destroyed_after_the_grace_and_not_before()
         log[BOOT.len()..],
         strings(&[
             "guest.shutdown",
+            "guest.agent_shutdown",
             "guest.destroy",
+            "net.teardown [per_tap,bridge]",
+            "daemons.stop"
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_that_ignores_acpi_is_powered_off_by_its_agent_at_half_the_grace() {
+    let w = world();
+    {
+        let mut w = w.lock().unwrap();
+        w.acpi_ignored = true;
+        w.agent = true;
+    }
+    let run = start(w, RestartPolicy::Always);
+    pass(2).await;
+    let asked = tokio::time::Instant::now();
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(17),
+        "{waited:?}"
+    );
+    assert_eq!(
+        log[BOOT.len()..],
+        strings(&[
+            "guest.shutdown",
+            "guest.agent_shutdown",
             "net.teardown [per_tap,bridge]",
             "daemons.stop"
         ])

@@ -25,6 +25,9 @@ use xml::*;
 /// Written in place of the display password when the caller passes none.
 pub const REDACTED: &str = "REDACTED";
 
+/// The virtio-serial port name qemu-guest-agent listens on in the guest.
+pub const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
 /// Where the guest's first serial port (ttyS0) is logged.
 const SERIAL_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
@@ -150,6 +153,16 @@ pub fn render(
                 target: ConsoleTarget {
                     kind: "serial",
                     port: 0,
+                },
+            },
+            // The qemu guest agent's channel: a guest that runs the agent
+            // reports its addresses and can be shut down through it when it
+            // ignores the ACPI button. A guest without the agent ignores it.
+            channel: Channel {
+                kind: "unix",
+                target: ChannelTarget {
+                    kind: "virtio",
+                    name: GUEST_AGENT_CHANNEL,
                 },
             },
             graphics,

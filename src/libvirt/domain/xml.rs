@@ -77,6 +77,7 @@ pub(super) struct Devices<'a> {
     pub(super) interface: Interface<'a>,
     pub(super) serial: Serial,
     pub(super) console: Console,
+    pub(super) channel: Channel,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) graphics: Option<Graphics>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -235,6 +236,22 @@ pub(super) struct Listen {
 #[derive(Serialize)]
 pub(super) struct Video {
     pub(super) model: TypeAttr,
+}
+
+/// A virtio-serial channel; libvirt picks the host side's socket path.
+#[derive(Serialize)]
+pub(super) struct Channel {
+    #[serde(rename = "@type")]
+    pub(super) kind: &'static str,
+    pub(super) target: ChannelTarget,
+}
+
+#[derive(Serialize)]
+pub(super) struct ChannelTarget {
+    #[serde(rename = "@type")]
+    pub(super) kind: &'static str,
+    #[serde(rename = "@name")]
+    pub(super) name: &'static str,
 }
 
 #[derive(Serialize)]
