@@ -588,7 +588,11 @@ mod tests {
         let mut failures = Vec::new();
         let mut i = 0u32;
         while tokio::time::Instant::now() + Duration::from_millis(200) < until {
-            let path = if i % 2 == 0 { "/healthz" } else { "/readyz" };
+            let path = if i.is_multiple_of(2) {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
             i += 1;
             let t = Instant::now();
             let answer = tokio::time::timeout(Duration::from_secs(1), async {
