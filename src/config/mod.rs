@@ -5,6 +5,7 @@
 //! Nothing here changes the system; it only checks that named files exist
 //! and that secret files parse (their contents never reach a message).
 
+mod input;
 mod locate;
 mod model;
 mod units;
@@ -13,6 +14,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use input::MAX_CONFIG_BYTES;
 pub use locate::{FieldLocations, Position};
 pub use model::*;
 pub use units::{ByteSize, HumanDuration};
@@ -76,15 +78,16 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Read and validate the file at `path`.
+/// Read and validate the file at `path`: a regular file of at most
+/// [`MAX_CONFIG_BYTES`], refused before reading otherwise.
 pub fn load_file(path: &Path, files: FileChecks) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = input::read_bounded(path).map_err(|message| ConfigError {
         diagnostics: vec![Diagnostic {
             file: file.clone(),
             position: None,
             field: String::new(),
-            message: format!("cannot read the config file: {e}"),
+            message,
             severity: Severity::Error,
         }],
     })?;
