@@ -45,12 +45,10 @@ pub enum InitError {
 /// Runs `program args` as the supervisor and returns the exit code vmpod
 /// should exit with.
 pub fn run(program: OsString, args: Vec<OsString>) -> Result<i32, InitError> {
-    if nix::unistd::getpid().as_raw() != 1 {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if rc != 0 {
-            tracing::warn!(error = %Errno::last(), "cannot become a child subreaper; orphans will not be reaped by vmpod");
-        }
+    if nix::unistd::getpid().as_raw() != 1
+        && let Err(error) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        tracing::warn!(%error, "cannot become a child subreaper; orphans will not be reaped by vmpod");
     }
     let mut waited = SigSet::empty();
     for s in FORWARDED {
@@ -64,6 +62,7 @@ pub fn run(program: OsString, args: Vec<OsString>) -> Result<i32, InitError> {
     let mut cmd = Command::new(&program);
     cmd.args(&args);
     // SAFETY: only async-signal-safe calls between fork and exec.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             let all = SigSet::all();

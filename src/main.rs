@@ -141,13 +141,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every command checks the config against this host's memory and CPU limits.
 fn load(file: Option<&std::path::Path>, files: FileChecks) -> Result<Loaded, ConfigError> {
+    let limits = vmpod::host::HostLimits::detect();
     match file {
-        Some(path) => config::load_file(path, files),
-        None => config::load(
+        Some(path) => config::load_file_on_host(path, files, &limits),
+        None => config::load_on_host(
             config::EMBEDDED_EXAMPLE_NAME,
             config::EMBEDDED_EXAMPLE,
             files,
+            &limits,
         ),
     }
 }

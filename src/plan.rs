@@ -117,7 +117,7 @@ impl Plan {
         serde_json::json!({
             "domain": self.domain,
             "bridge": {
-                "name": net.bridge.name,
+                "name": net.bridge.name.as_str(),
                 "gateway": net.bridge.gateway.to_string(),
                 "mtu": net.bridge.mtu,
             },
@@ -127,7 +127,8 @@ impl Plan {
                 "why": s.why,
             })).collect::<Vec<_>>(),
             "policy_route": net.policy_route.map(|r| serde_json::json!({
-                "fwmark": r.fwmark,
+                "fwmark": r.fwmark.mark(),
+                "fwmask": r.fwmark.mask(),
                 "table": r.table,
                 "priority": r.priority,
                 "ipv6": r.ipv6,

@@ -64,7 +64,7 @@ pub fn plan(config: &VmConfig) -> SidecarPlan {
         };
         annotations.push(Annotation {
             key: EXCLUDE_INTERFACES,
-            value: bridge.clone(),
+            value: bridge.to_string(),
             why: format!(
                 "Guest packets enter the pod on {bridge}; vmpod's egress proxy hands the \
                  guest's TCP to Envoy's outbound port 15001 as connections of the pod. \
@@ -76,7 +76,7 @@ pub fn plan(config: &VmConfig) -> SidecarPlan {
     } else {
         annotations.push(Annotation {
             key: REROUTE_VIRTUAL_INTERFACES,
-            value: bridge.clone(),
+            value: bridge.to_string(),
             why: format!(
                 "Kernel egress mode has no proxy hop that Istio's OUTPUT capture would see: \
                  this makes Istio send TCP entering on {bridge} to Envoy's outbound port \

@@ -102,8 +102,9 @@ fn what_run_applies_is_what_render_printed() {
 
     // The policy rule and its table's local route.
     let route = &plan["policy_route"];
-    let (mark, table, priority) = (
+    let (mark, mask, table, priority) = (
         route["fwmark"].as_u64().unwrap(),
+        route["fwmask"].as_u64().unwrap(),
         route["table"].as_u64().unwrap(),
         route["priority"].as_u64().unwrap(),
     );
@@ -116,7 +117,7 @@ fn what_run_applies_is_what_render_printed() {
         .collect();
     assert_eq!(ours.len(), 1, "{rules}");
     assert_eq!(ours[0]["fwmark"], format!("{mark:#x}"), "{rules}");
-    assert_eq!(ours[0]["fwmask"], format!("{mark:#x}"), "{rules}");
+    assert_eq!(ours[0]["fwmask"], format!("{mask:#x}"), "{rules}");
     assert_eq!(ours[0]["table"], table.to_string(), "{rules}");
     let routes =
         json(

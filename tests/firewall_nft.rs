@@ -64,7 +64,12 @@ fn kernel_only_cases() -> Vec<(&'static str, VmConfig)> {
         }
         (name, c)
     };
+    // A mask wider than the mark: the kernel's listing of the AND/OR mark
+    // expression must equal what the renderer writes.
+    let mut wide_mask = example();
+    wide_mask.network.egress.fwmark = "0x4000/0xc000".parse().unwrap();
     vec![
+        ("tproxy-wide-fwmark-mask", wide_mask),
         variant(
             "kernel-udp-off",
             EgressMode::Kernel,
@@ -168,7 +173,7 @@ fn check_in_fresh_namespace(name: &str, config: &VmConfig) {
         echo '=== deleted'; nft list tables
         echo '=== sidecar'; nft list table inet sidecar
         "#,
-        &[Path::new(bridge), &script, &delete],
+        &[Path::new(bridge.as_str()), &script, &delete],
     );
     let section = |title: &str| -> String {
         let start = format!("=== {title}\n");

@@ -199,10 +199,13 @@ fn wait_for_port_sees_a_port_that_joins_later() {
             .await
             .unwrap();
         let start = Instant::now();
-        let (port, ()) = tokio::join!(nl.wait_for_port("vbr0", Duration::from_secs(5)), async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            add_port("vbr0", "vnet3", true);
-        });
+        let (port, ()) = tokio::join!(
+            nl.wait_for_port_except("vbr0", None, Duration::from_secs(5)),
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                add_port("vbr0", "vnet3", true);
+            }
+        );
         let port = port.unwrap();
         assert_eq!(port.name, "vnet3");
         assert_eq!(Some(port.index), nl.link_index("vnet3").await.unwrap());
@@ -220,7 +223,7 @@ fn wait_for_port_returns_a_port_that_is_already_there_at_once() {
         add_port("vbr0", "vnet0", true);
         let start = Instant::now();
         let port = nl
-            .wait_for_port("vbr0", Duration::from_secs(5))
+            .wait_for_port_except("vbr0", None, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(port.name, "vnet0");
@@ -241,11 +244,14 @@ fn wait_for_port_waits_for_the_port_to_be_up() {
             .unwrap();
         // Enslaved but down: libvirt has not finished with it yet.
         add_port("vbr0", "vnet0", false);
-        let (port, ()) = tokio::join!(nl.wait_for_port("vbr0", Duration::from_secs(5)), async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // Nothing yet: only now does the port come up.
-            ip(&["link", "set", "vnet0", "up"]);
-        });
+        let (port, ()) = tokio::join!(
+            nl.wait_for_port_except("vbr0", None, Duration::from_secs(5)),
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Nothing yet: only now does the port come up.
+                ip(&["link", "set", "vnet0", "up"]);
+            }
+        );
         assert_eq!(port.unwrap().name, "vnet0");
         // A down port is still listed by ports().
         ip(&["link", "set", "vnet0", "down"]);
@@ -293,7 +299,7 @@ fn wait_for_port_times_out_naming_the_bridge() {
         ip(&["link", "set", "loose", "up"]);
         let start = Instant::now();
         let err = nl
-            .wait_for_port("vbr0", Duration::from_millis(300))
+            .wait_for_port_except("vbr0", None, Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(matches!(err, LinkError::PortTimeout { .. }), "{err:?}");
@@ -307,7 +313,7 @@ fn wait_for_port_fails_at_once_without_the_bridge() {
     in_netns(|| async {
         let nl = Netlink::connect().unwrap();
         let err = nl
-            .wait_for_port("vbr0", Duration::from_secs(5))
+            .wait_for_port_except("vbr0", None, Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(err, LinkError::NoBridge { .. }), "{err:?}");
@@ -352,7 +358,7 @@ fn delete_bridge_removes_it_and_absent_is_ok() {
 }
 
 const V4: PolicyRoute = PolicyRoute {
-    fwmark: 0x4000,
+    fwmark: vmpod::config::Fwmark::DEFAULT,
     table: 4000,
     priority: 32000,
     ipv6: false,
@@ -362,8 +368,8 @@ const V4: PolicyRoute = PolicyRoute {
 fn rule_lines(r: &PolicyRoute) -> Vec<String> {
     let family = if r.ipv6 { "-6" } else { "-4" };
     let want = format!(
-        "{}:\tfrom all fwmark {:#x}/{:#x} lookup {}",
-        r.priority, r.fwmark, r.fwmark, r.table
+        "{}:\tfrom all fwmark {} lookup {}",
+        r.priority, r.fwmark, r.table
     );
     ip(&[family, "rule", "show"])
         .lines()

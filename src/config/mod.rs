@@ -8,17 +8,21 @@
 mod input;
 mod locate;
 mod model;
+mod types;
 mod units;
 mod validate;
 
 use std::fmt;
 use std::path::Path;
 
+use crate::host::HostLimits;
+
 pub use input::MAX_CONFIG_BYTES;
 pub use locate::{FieldLocations, Position};
 pub use model::*;
+pub use types::{Fwmark, IFNAME_MAX_BYTES, ISTIO_MARKS, IfName, MacAddr};
 pub use units::{ByteSize, HumanDuration};
-pub use validate::{FileChecks, ISTIO_RESERVED_PORTS, Issue, Severity, parse_mac};
+pub use validate::{FileChecks, ISTIO_RESERVED_PORTS, Issue, Severity};
 
 /// The example VM, compiled in: what `vmpod` uses when no file is given.
 pub const EMBEDDED_EXAMPLE: &str = include_str!("../../domains/example.yaml");
@@ -72,15 +76,36 @@ impl fmt::Display for ConfigError {
 }
 
 /// A config that passed validation, with any warnings about it.
+///
+/// There is no separate `ValidConfig` struct: the values renderers need
+/// typed ([`IfName`], [`MacAddr`], [`Fwmark`], [`ByteSize`], ...) are typed
+/// in [`VmConfig`] itself and checked while serde reads them, and the
+/// cross-field rules run in `validate` before a `Loaded` exists. A second
+/// struct would repeat every field; [`ValidConfig`] names the result.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: VmConfig,
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Read and validate the file at `path`: a regular file of at most
-/// [`MAX_CONFIG_BYTES`], refused before reading otherwise.
+/// A config that `load` accepted. An alias, not a newtype: see [`Loaded`].
+pub type ValidConfig = VmConfig;
+
+/// Read and validate the file at `path`, without host limits (see
+/// [`load_file_on_host`]).
 pub fn load_file(path: &Path, files: FileChecks) -> Result<Loaded, ConfigError> {
+    load_file_on_host(path, files, &HostLimits::default())
+}
+
+/// Read and validate the file at `path`; memory and cpus must also fit
+/// `limits` (what `check`, `render` and `run` detect on the host). The file
+/// must be a regular file of at most [`MAX_CONFIG_BYTES`], refused before
+/// reading otherwise.
+pub fn load_file_on_host(
+    path: &Path,
+    files: FileChecks,
+    limits: &HostLimits,
+) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
     let text = input::read_bounded(path).map_err(|message| ConfigError {
         diagnostics: vec![Diagnostic {
@@ -91,16 +116,27 @@ pub fn load_file(path: &Path, files: FileChecks) -> Result<Loaded, ConfigError> 
             severity: Severity::Error,
         }],
     })?;
-    load(&file, &text, files)
+    load_on_host(&file, &text, files, limits)
 }
 
-/// Parse and validate `text`, reporting problems against `file`.
+/// Parse and validate `text`, reporting problems against `file`, without
+/// host limits: what tests and renderers of fixed configs use.
 pub fn load(file: &str, text: &str, files: FileChecks) -> Result<Loaded, ConfigError> {
+    load_on_host(file, text, files, &HostLimits::default())
+}
+
+/// Parse and validate `text`; memory and cpus must also fit `limits`.
+pub fn load_on_host(
+    file: &str,
+    text: &str,
+    files: FileChecks,
+    limits: &HostLimits,
+) -> Result<Loaded, ConfigError> {
     let locations = FieldLocations::index(text);
     let config: VmConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError {
         diagnostics: vec![parse_diagnostic(file, &locations, &e)],
     })?;
-    let (errors, warnings): (Vec<_>, Vec<_>) = validate::validate(&config, files)
+    let (errors, warnings): (Vec<_>, Vec<_>) = validate::validate(&config, files, limits)
         .into_iter()
         .map(|issue| Diagnostic {
             file: file.to_string(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::types::{Fwmark, IfName, MacAddr};
 use super::units::{ByteSize, HumanDuration};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -120,8 +121,10 @@ impl DiskBus {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// Checked when read (see [`IfName`]): it reaches nft, sysctl paths,
+    /// rtnetlink and the domain XML.
     #[serde(default = "defaults::bridge")]
-    pub bridge: String,
+    pub bridge: IfName,
     /// The bridge's address; its prefix is the guest subnet.
     #[serde(default = "defaults::gateway")]
     pub gateway: IpNet,
@@ -129,7 +132,7 @@ pub struct Network {
     pub guest_ip: IpAddr,
     /// Default: stable, derived from the domain name.
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     #[serde(default)]
     pub mtu: Mtu,
     #[serde(default)]
@@ -192,10 +195,10 @@ pub struct Egress {
     /// Destinations forwarded by the kernel, bypassing the proxy.
     #[serde(default)]
     pub exclude: Vec<IpNet>,
-    /// Packet mark for TPROXY policy routing. Chosen not to collide with
-    /// Istio's 0x539 (1337), 0x111 and 1338.
+    /// Packet mark (and mask) for TPROXY policy routing. Chosen not to
+    /// collide with Istio's 0x539 (1337), 0x111 and 1338.
     #[serde(default = "defaults::fwmark")]
-    pub fwmark: u32,
+    pub fwmark: Fwmark,
     /// Routing table holding the `local` default route for TPROXY. Istio
     /// uses 133.
     #[serde(default = "defaults::route_table")]
@@ -506,8 +509,8 @@ mod defaults {
     pub fn memory() -> ByteSize {
         ByteSize::mebibytes(256)
     }
-    pub fn bridge() -> String {
-        "virbr0".into()
+    pub fn bridge() -> IfName {
+        IfName::new("virbr0").expect("valid literal")
     }
     pub fn gateway() -> IpNet {
         "10.0.1.1/24".parse().expect("valid literal")
@@ -518,8 +521,8 @@ mod defaults {
     pub fn egress_port() -> u16 {
         9401
     }
-    pub fn fwmark() -> u32 {
-        0x4000
+    pub fn fwmark() -> Fwmark {
+        Fwmark::DEFAULT
     }
     pub fn route_table() -> u32 {
         4000

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::model::{DiskBus, DisplayKind, IngressMode, Protocol, VmConfig};
 use crate::consoles;
+use crate::host::HostLimits;
 
 /// Ports the Istio sidecar binds or captures in the pod namespace.
 pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
@@ -22,9 +23,6 @@ pub const ISTIO_RESERVED_PORTS: &[(u16, &str)] = &[
     (15090, "Envoy Prometheus telemetry"),
 ];
 
-/// Marks Istio sets on packets; our fwmark must share no bit with them, or
-/// our policy rule would route the sidecar's packets.
-const ISTIO_MARKS: &[u32] = &[0x539, 0x111, 0x53a];
 /// Routing tables that must not be used: the kernel's own and Istio's.
 const RESERVED_TABLES: &[(u32, &str)] = &[
     (0, "unspec"),
@@ -57,12 +55,13 @@ pub enum FileChecks {
     Warn,
 }
 
-pub fn validate(config: &VmConfig, files: FileChecks) -> Vec<Issue> {
+pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Vec<Issue> {
     let mut v = Validator {
         issues: Vec::new(),
         files,
     };
     v.identity(config);
+    v.host_limits(config, limits);
     v.boot(config);
     v.network(config);
     v.ports(config);
@@ -87,6 +86,10 @@ impl Validator {
 
     /// True when the file is there to be read.
     fn file_exists(&mut self, field: impl Into<String>, path: &Path, what: &str) -> bool {
+        let field = field.into();
+        if !self.path_text(&field, path) {
+            return false;
+        }
         if !path.is_absolute() {
             self.error(
                 field,
@@ -142,6 +145,56 @@ impl Validator {
         }
     }
 
+    /// What the guest asks for must fit what the host and the cgroup can
+    /// give; otherwise qemu fails (or the OOM killer strikes) long after
+    /// `check` said ok.
+    fn host_limits(&mut self, c: &VmConfig, limits: &HostLimits) {
+        if let Some(limit) = &limits.memory
+            && c.memory.0 > limit.value
+        {
+            self.error(
+                "memory",
+                format!(
+                    "{} is more than this host can give: at most {} ({} bytes, from {}); lower memory or raise the pod's memory limit",
+                    c.memory,
+                    approximate(limit.value),
+                    limit.value,
+                    limit.source
+                ),
+            );
+        }
+        if let Some(limit) = &limits.cpus
+            && (1..=256).contains(&c.cpus)
+            && u64::from(c.cpus) > limit.value
+        {
+            self.error(
+                "cpus",
+                format!(
+                    "{} is more than the {} CPUs vmpod may use here (from {}); lower cpus or raise the pod's CPU limit",
+                    c.cpus, limit.value, limit.source
+                ),
+            );
+        }
+    }
+
+    /// A path that reaches the domain XML or a file open: absolute, and
+    /// without control characters (a newline or NUL cannot be written in
+    /// libvirt's XML, and would not name the file the user meant).
+    fn path_text(&mut self, field: &str, path: &Path) -> bool {
+        let text = path.to_string_lossy();
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            self.error(
+                field,
+                format!(
+                    "`{}` contains the control character {c:?}: a path must not hold newlines, tabs or NUL",
+                    text.escape_debug()
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     fn boot(&mut self, c: &VmConfig) {
         if c.boot.is_none() && c.disks.is_empty() {
             self.error(
@@ -150,6 +203,14 @@ impl Validator {
             );
         }
         if let Some(boot) = &c.boot {
+            if let Some(ch) = boot.cmdline.chars().find(|c| c.is_control()) {
+                self.error(
+                    "boot.cmdline",
+                    format!(
+                        "contains the control character {ch:?}: the kernel command line is one line of printable text"
+                    ),
+                );
+            }
             self.file_exists("boot.kernel", &boot.kernel, "kernel");
             if let Some(initrd) = &boot.initrd {
                 self.file_exists("boot.initrd", initrd, "initrd");
@@ -168,15 +229,7 @@ impl Validator {
 
     fn network(&mut self, c: &VmConfig) {
         let net = &c.network;
-        if !is_interface_name(&net.bridge) {
-            self.error(
-                "network.bridge",
-                format!(
-                    "`{}` is not a valid interface name: 1 to 15 characters, no `/`, `:` or whitespace",
-                    net.bridge
-                ),
-            );
-        }
+        // network.bridge and network.mac are checked as they are read (IfName, MacAddr).
         let gw = net.gateway;
         let subnet = gw.trunc();
         let host_bits = gw.max_prefix_len() - gw.prefix_len();
@@ -218,21 +271,6 @@ impl Validator {
                 format!("{guest} is the network or broadcast address of {subnet}"),
             );
         }
-        if let Some(mac) = &net.mac {
-            match parse_mac(mac) {
-                None => self.error(
-                    "network.mac",
-                    format!(
-                        "`{mac}` is not a MAC address: write six hex octets, e.g. 52:54:00:12:34:56"
-                    ),
-                ),
-                Some(octets) if octets[0] & 1 == 1 => self.error(
-                    "network.mac",
-                    format!("`{mac}` is a multicast address: the first octet must be even"),
-                ),
-                Some(_) => {}
-            }
-        }
         if let super::model::Mtu::Fixed(mtu) = net.mtu {
             let min = if gw.addr().is_ipv4() { 576 } else { 1280 };
             if !(min..=65520).contains(&mtu) {
@@ -243,18 +281,7 @@ impl Validator {
             }
         }
         let eg = &net.egress;
-        if let Some(bit) = ISTIO_MARKS.iter().find(|m| *m & eg.fwmark != 0) {
-            self.error(
-                "network.egress.fwmark",
-                format!(
-                    "{:#x} shares bits with Istio's mark {bit:#x}: the policy rule would capture the sidecar's packets; use e.g. 0x4000",
-                    eg.fwmark
-                ),
-            );
-        }
-        if eg.fwmark == 0 {
-            self.error("network.egress.fwmark", "the mark must not be 0");
-        }
+        // network.egress.fwmark is checked as it is read (Fwmark).
         if let Some((_, why)) = RESERVED_TABLES.iter().find(|(t, _)| *t == eg.route_table) {
             self.error(
                 "network.egress.route_table",
@@ -483,28 +510,14 @@ fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_interface_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
-}
-
-/// Six hex octets separated by `:`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for slot in &mut out {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *slot = u8::from_str_radix(part, 16).ok()?;
+/// A byte count for people: `23.5Gi`, `512.0Mi`.
+fn approximate(bytes: u64) -> String {
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    if gib >= 1.0 {
+        format!("{gib:.1}Gi")
+    } else {
+        format!("{:.1}Mi", bytes as f64 / f64::from(1u32 << 20))
     }
-    parts.next().is_none().then_some(out)
 }
 
 fn first_host(subnet: &ipnet::IpNet) -> IpAddr {

@@ -269,6 +269,12 @@ impl Collector for Snapshot {
             "Connections whose upstream could not be reached.",
             |s| RelayStats::get(&s.upstream_failed),
         )?;
+        self.relay_counter(
+            e,
+            "vmpod_relay_sessions_expired",
+            "UDP sessions ended by their idle timeout (always 0 for TCP relays).",
+            |s| RelayStats::get(&s.expired),
+        )?;
         family(
             e,
             "vmpod_relay_bytes",
@@ -486,8 +492,14 @@ mod tests {
         RelayStats::add(&ingress.bytes_in, 2000);
         RelayStats::add(&egress.refused, 2);
         RelayStats::add(&egress.upstream_failed, 1);
+        RelayStats::add(&ingress.expired, 4);
         let text = encode(&h, false);
         let http = "relay=\"ingress\",name=\"http\",port=\"9080\"";
+        assert_eq!(
+            value(&text, "vmpod_relay_sessions_expired_total", http),
+            Some(4.0),
+            "{text}"
+        );
         let eg = "relay=\"egress\",name=\"egress\",port=\"9401\"";
         assert_eq!(
             value(&text, "vmpod_relay_connections_accepted_total", http),

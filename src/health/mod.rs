@@ -112,7 +112,7 @@ impl Health {
             egress_mode: plan.egress_mode,
             egress_port: plan.relays.egress.as_ref().map(|e| e.addr.port()),
             expect: Expectations {
-                bridge: net.bridge.name.clone(),
+                bridge: net.bridge.name.to_string(),
                 route: net.policy_route.map(|r| r.to_string()),
                 listeners,
             },
@@ -302,7 +302,7 @@ pub fn start(plan: &Plan, health: Arc<Health>) -> Result<HealthService, ListenEr
             tokio::spawn(server::serve(listener, health.clone())),
             tokio::spawn(probe::run(
                 health,
-                net.bridge.name.clone(),
+                net.bridge.name.to_string(),
                 net.policy_route,
             )),
         ],

@@ -29,6 +29,8 @@ pub enum LibvirtError {
     },
     #[error("the libvirt worker thread is gone")]
     WorkerGone,
+    #[error("cannot start the libvirt thread: {0}")]
+    Thread(std::io::Error),
     #[error("libvirt did not answer within {0:?}; is libvirtd hung?")]
     Timeout(Duration),
 }
@@ -73,8 +75,9 @@ impl Drop for Worker {
 }
 
 impl Libvirt {
-    /// Starts the thread. Nothing connects until the first call.
-    pub fn spawn(uri: &str) -> Libvirt {
+    /// Starts the thread. Nothing connects until the first call. Fails
+    /// only when the OS refuses a thread (out of memory or thread limit).
+    pub fn spawn(uri: &str) -> Result<Libvirt, LibvirtError> {
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let uri = uri.to_string();
         std::thread::Builder::new()
@@ -88,8 +91,8 @@ impl Libvirt {
                     job(&mut worker);
                 }
             })
-            .expect("spawn the libvirt thread");
-        Libvirt { jobs }
+            .map_err(LibvirtError::Thread)?;
+        Ok(Libvirt { jobs })
     }
 
     /// Runs `f` with a live connection on the libvirt thread.

@@ -238,12 +238,6 @@ impl Netlink {
         }
     }
 
-    /// Wait until a port of `bridge` that is up exists, and return it. See
-    /// [`Netlink::wait_for_port_except`] for what counts and how.
-    pub async fn wait_for_port(&self, bridge: &str, timeout: Duration) -> Result<Port, LinkError> {
-        self.wait_for_port_except(bridge, None, timeout).await
-    }
-
     /// Wait until a port of `bridge` that is up exists, other than `exclude`
     /// (a tap known to be stale, e.g. from the domain's previous run), and
     /// return it.

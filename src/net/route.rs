@@ -11,7 +11,7 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope, R
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{IpVersion, RouteMessageBuilder};
 
-use crate::config::{EgressMode, VmConfig};
+use crate::config::{EgressMode, Fwmark, VmConfig};
 use crate::net::link::{LinkError, Netlink, describe, errno};
 
 /// Priority of vmpod's rule: before `main` (32766), after `local` (0), and
@@ -20,7 +20,8 @@ pub const RULE_PRIORITY: u32 = 32000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyRoute {
-    pub fwmark: u32,
+    /// Mark and mask of the rule (`fwmark M/K`).
+    pub fwmark: Fwmark,
     pub table: u32,
     pub priority: u32,
     pub ipv6: bool,
@@ -47,8 +48,8 @@ impl fmt::Display for PolicyRoute {
         };
         writeln!(
             f,
-            "ip {family}rule add fwmark {:#x}/{:#x} lookup {} priority {}",
-            self.fwmark, self.fwmark, self.table, self.priority
+            "ip {family}rule add fwmark {} lookup {} priority {}",
+            self.fwmark, self.table, self.priority
         )?;
         write!(
             f,
@@ -252,8 +253,8 @@ fn rule_message(r: &PolicyRoute) -> RuleMessage {
     message.attributes = vec![
         RuleAttribute::Table(r.table),
         RuleAttribute::Priority(r.priority),
-        RuleAttribute::FwMark(r.fwmark),
-        RuleAttribute::FwMask(r.fwmark),
+        RuleAttribute::FwMark(r.fwmark.mark()),
+        RuleAttribute::FwMask(r.fwmark.mask()),
     ];
     message
 }
@@ -277,7 +278,7 @@ fn rule_keys(rule: &RuleMessage) -> (u32, u32, u32, u32) {
 fn matches_delete(rule: &RuleMessage, r: &PolicyRoute) -> bool {
     rule.header.family == family(r)
         && rule.header.action == RuleAction::ToTable
-        && rule_keys(rule) == (r.table, r.priority, r.fwmark, r.fwmark)
+        && rule_keys(rule) == (r.table, r.priority, r.fwmark.mark(), r.fwmark.mask())
 }
 
 fn is_our_rule(rule: &RuleMessage, r: &PolicyRoute) -> bool {
@@ -391,9 +392,8 @@ fn family(r: &PolicyRoute) -> AddressFamily {
 /// The rule as `ip rule` would print it.
 fn rule_text(r: &PolicyRoute) -> String {
     format!(
-        "{}fwmark {:#x}/{:#x} lookup {} priority {}",
+        "{}fwmark {} lookup {} priority {}",
         if r.ipv6 { "-6 " } else { "" },
-        r.fwmark,
         r.fwmark,
         r.table,
         r.priority

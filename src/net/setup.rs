@@ -15,11 +15,12 @@ use super::nft::{self, NftError};
 use super::repair::{RepairGate, Report};
 use super::route::{self, PolicyRoute, RouteError};
 use super::sysctl::{self, Sysctl, SysctlError};
+use crate::config::IfName;
 
 /// The bridge vmpod creates for the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeSpec {
-    pub name: String,
+    pub name: IfName,
     /// The gateway address the guest routes through.
     pub gateway: IpNet,
     /// The guest network's MTU; None leaves the kernel's default.

@@ -8,43 +8,58 @@ use std::path::{Path, PathBuf};
 use crate::config::VmConfig;
 
 /// One sysctl with the value vmpod needs and the reason.
+///
+/// The key is kept as its path segments: an interface name is one segment
+/// even if it held a dot (Linux allows `br0.100`), so the file is always
+/// `/proc/sys/net/ipv4/conf/br0.100/rp_filter`, never `.../br0/100/...`.
+/// The dotted `key` is only for printing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sysctl {
-    /// Dotted name, e.g. `net.ipv4.conf.virbr0.rp_filter`.
+    /// Dotted name as `sysctl(8)` prints it, e.g. `net.ipv4.conf.virbr0.rp_filter`.
     pub key: String,
+    segments: Vec<String>,
     pub value: &'static str,
     pub why: &'static str,
 }
 
 impl Sysctl {
-    fn new(key: impl Into<String>, value: &'static str, why: &'static str) -> Self {
+    fn new(segments: &[&str], value: &'static str, why: &'static str) -> Self {
         Sysctl {
-            key: key.into(),
+            key: segments.join("."),
+            segments: segments.iter().map(|s| s.to_string()).collect(),
             value,
             why,
         }
     }
 
+    /// The key's path segments under /proc/sys.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// The file under /proc/sys, built from the segments.
     pub fn path(&self) -> PathBuf {
-        Path::new("/proc/sys").join(self.key.replace('.', "/"))
+        let mut path = PathBuf::from("/proc/sys");
+        path.extend(&self.segments);
+        path
     }
 }
 
 /// Stands for the guest's tap in a planned key until the tap is known.
 pub const TAP_PLACEHOLDER: &str = "<tap>";
 
-/// The planned sysctls with the guest's tap in place of [`TAP_PLACEHOLDER`].
+/// The planned sysctls with the guest's tap in place of [`TAP_PLACEHOLDER`]:
+/// segment by segment, so a tap name with a dot stays one path segment.
 pub fn for_tap(planned: &[Sysctl], tap: &str) -> Vec<Sysctl> {
     planned
         .iter()
-        .map(|s| Sysctl {
-            key: s
-                .key
-                .split('.')
+        .map(|s| {
+            let segments: Vec<&str> = s
+                .segments
+                .iter()
                 .map(|seg| if seg == TAP_PLACEHOLDER { tap } else { seg })
-                .collect::<Vec<_>>()
-                .join("."),
-            ..s.clone()
+                .collect();
+            Sysctl::new(&segments, s.value, s.why)
         })
         .collect()
 }
@@ -57,13 +72,13 @@ pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
     let v6 = config.network.gateway.addr().is_ipv6();
     let mut list = vec![if v6 {
         Sysctl::new(
-            "net.ipv6.conf.all.forwarding",
+            &["net", "ipv6", "conf", "all", "forwarding"],
             "1",
             "route the guest's traffic through the pod",
         )
     } else {
         Sysctl::new(
-            "net.ipv4.ip_forward",
+            &["net", "ipv4", "ip_forward"],
             "1",
             "route the guest's traffic through the pod",
         )
@@ -72,7 +87,7 @@ pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
         // The kernel uses max(all, iface): both must be 0.
         for iface in ["all", bridge.as_str(), tap] {
             list.push(Sysctl::new(
-                format!("net.ipv4.conf.{iface}.rp_filter"),
+                &["net", "ipv4", "conf", iface, "rp_filter"],
                 "0",
                 "TPROXY'd packets arrive for addresses that are not routed back the way they came",
             ));
@@ -81,14 +96,15 @@ pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
     let dnat = config.network.ingress.iter().any(|i| !i.is_proxied());
     if dnat && !v6 {
         list.push(Sysctl::new(
-            format!("net.ipv4.conf.{bridge}.route_localnet"),
+            &["net", "ipv4", "conf", bridge, "route_localnet"],
             "1",
             "dnat ingress: a sidecar's connection from 127.0.0.1 or 127.0.0.6 is sent on to the guest through the bridge, and its answers come back there",
         ));
     }
     for family in ["iptables", "ip6tables", "arptables"] {
+        let key = format!("bridge-nf-call-{family}");
         list.push(Sysctl::new(
-            format!("net.bridge.bridge-nf-call-{family}"),
+            &["net", "bridge", &key],
             "0",
             "with bridge netfilter on, guest packets meet the IP hooks at bridge level and TPROXY never delivers them to the listener",
         ));
@@ -246,9 +262,39 @@ mod tests {
     }
 
     #[test]
+    fn a_dotted_interface_is_one_path_segment() {
+        let s = Sysctl::new(
+            &["net", "ipv4", "conf", "br0.100", "rp_filter"],
+            "0",
+            "test",
+        );
+        assert_eq!(s.key, "net.ipv4.conf.br0.100.rp_filter");
+        assert_eq!(
+            s.path(),
+            Path::new("/proc/sys/net/ipv4/conf/br0.100/rp_filter")
+        );
+        // A tap name comes from the kernel, which allows dots.
+        for planned in [
+            plan(&example(), Some("vnet.1")),
+            for_tap(&plan(&example(), None), "vnet.1"),
+        ] {
+            let paths: Vec<PathBuf> = planned.iter().map(Sysctl::path).collect();
+            assert!(
+                paths.contains(&PathBuf::from("/proc/sys/net/ipv4/conf/vnet.1/rp_filter")),
+                "{paths:?}"
+            );
+            assert!(
+                planned
+                    .iter()
+                    .any(|s| s.key == "net.ipv4.conf.vnet.1.rp_filter")
+            );
+        }
+    }
+
+    #[test]
     fn a_value_is_written_only_when_it_differs() {
         let root = std::env::temp_dir().join(format!("vmpod-sysctl-{}", std::process::id()));
-        let s = Sysctl::new("net.ipv4.ip_forward", "1", "test");
+        let s = Sysctl::new(&["net", "ipv4", "ip_forward"], "1", "test");
         let file = root.join("proc/sys/net/ipv4/ip_forward");
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, "0\n").unwrap();

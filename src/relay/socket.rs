@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -39,6 +39,7 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListen
             // nix has no IPV6_TRANSPARENT.
             let one: libc::c_int = 1;
             // SAFETY: a valid fd and a c_int option value of the right size.
+            #[allow(unsafe_code)]
             let rc = unsafe {
                 libc::setsockopt(
                     fd.as_raw_fd(),
@@ -58,10 +59,8 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListen
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
-    // SAFETY: `fd` is a listening TCP socket we own; ownership moves.
-    let std =
-        unsafe { std::net::TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-    TcpListener::from_std(std)
+    // `fd` is a listening TCP socket we own; ownership moves with it.
+    TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
 /// Where a REDIRECTed connection was going (SO_ORIGINAL_DST).

@@ -112,6 +112,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     let plan = Plan::build(&config, &facts, password.as_ref().map(Secret::expose))?;
     preflight::ports(&plan.listeners)?;
     preflight::sysctls(&plan.network)?;
+    preflight::qemu_access(&config)?;
     // The endpoint answers from the start: alive, and not ready while booting.
     let health = Health::new(&plan, started);
     let _health_service = health::start(&plan, health.clone())?;
@@ -127,7 +128,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
             Start::End,
         )
     });
-    let libvirt = Libvirt::spawn(SYSTEM_URI);
+    let libvirt = Libvirt::spawn(SYSTEM_URI)?;
     let daemons = LibvirtDaemons {
         files: plan.daemon_files.clone(),
         sasl_users,

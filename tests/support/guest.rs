@@ -3,7 +3,6 @@
 //! boot at once: under TCG on two cores, parallel boots slow each other.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -40,7 +39,7 @@ pub fn ensure_built() -> PathBuf {
 
 /// Held while a guest runs; dropping it frees the slot.
 pub struct VmSlot {
-    _file: File,
+    _file: nix::fcntl::Flock<File>,
 }
 
 /// Blocks until one of the machine-wide guest slots is free.
@@ -49,10 +48,10 @@ pub fn vm_slot() -> VmSlot {
         for i in 0..VM_SLOTS {
             let path = std::env::temp_dir().join(format!("vmpod-test-vm-slot-{i}.lock"));
             let file = File::create(&path).expect("create slot lock file");
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return VmSlot { _file: file };
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                return VmSlot { _file: lock };
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(200));

@@ -668,6 +668,7 @@ pub fn plan_of(config: &VmConfig) -> vmpod::plan::Plan {
     let facts = vmpod::host::HostFacts {
         kvm_usable: false,
         uplink_mtu: None,
+        ..vmpod::host::HostFacts::fixed()
     };
     vmpod::plan::Plan::build(config, &facts, None).expect("plan")
 }

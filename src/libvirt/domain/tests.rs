@@ -1,0 +1,195 @@
+//! Rendering tests: the config in, domain XML out.
+
+use super::*;
+use crate::config::{FileChecks, load};
+
+fn config(yaml: &str) -> VmConfig {
+    load("test.yaml", yaml, FileChecks::Warn)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+const MINIMAL: &str = "name: vm1\nboot:\n  kernel: /k\n";
+
+#[test]
+fn derived_mac_is_stable_and_a_qemu_unicast_address() {
+    let a = guest_mac(&config(MINIMAL));
+    assert_eq!(a, guest_mac(&config(MINIMAL)));
+    assert_eq!(a.octets()[..3], [0x52, 0x54, 0x00]);
+    assert_eq!(a.octets()[0] & 1, 0, "unicast");
+    let b = guest_mac(&config("name: vm2\nboot:\n  kernel: /k\n"));
+    assert_ne!(a, b, "different names give different addresses");
+    // Pinned: changing the derivation would change every guest's MAC.
+    assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+    assert_eq!(
+        derived_mac("a").octets(),
+        [0x52, 0x54, 0x00, 0x0c, 0x29, 0x2c]
+    );
+}
+
+#[test]
+fn explicit_mac_is_used() {
+    let c = config("name: vm1\nboot:\n  kernel: /k\nnetwork:\n  mac: \"52:54:00:AA:bb:01\"\n");
+    assert_eq!(guest_mac(&c).octets(), [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01]);
+    let xml = render(&c, &HostFacts::fixed(), None).unwrap();
+    assert!(
+        xml.contains(r#"<mac address="52:54:00:aa:bb:01"/>"#),
+        "{xml}"
+    );
+}
+
+#[test]
+fn an_unusable_mac_never_reaches_the_renderer() {
+    // The type is checked when the config is read: a bad MAC is a
+    // located config error, so render has no error case for it.
+    for bad in ["52:54:00:aa:bb", "zz:54:00:aa:bb:cc", "01:00:5e:00:00:01"] {
+        let yaml = format!("{MINIMAL}network:\n  mac: \"{bad}\"\n");
+        let e = crate::config::load("<test>", &yaml, FileChecks::Warn).unwrap_err();
+        assert!(e.to_string().contains("network.mac"), "{e}");
+    }
+}
+
+#[test]
+fn device_names_count_per_prefix() {
+    let c = config(
+        "name: vm1\ndisks:\n  - path: /a\n  - path: /b\n    bus: sata\n  - path: /c\n  - path: /d\n    bus: scsi\n",
+    );
+    assert_eq!(device_names(&c.disks), ["vda", "sda", "vdb", "sdb"]);
+    let xml = render(&c, &HostFacts::fixed(), None).unwrap();
+    assert!(xml.contains(r#"<target dev="sdb" bus="scsi"/>"#), "{xml}");
+    assert_eq!(
+        xml.matches(r#"<controller type="scsi" model="virtio-scsi"/>"#)
+            .count(),
+        1
+    );
+    assert!(xml.contains(r#"<boot dev="hd"/>"#), "{xml}");
+    assert_eq!(drive_suffix(25), "z");
+    assert_eq!(drive_suffix(26), "aa");
+    assert_eq!(drive_suffix(27), "ab");
+    assert_eq!(drive_suffix(26 + 26 * 26), "aaa");
+}
+
+#[test]
+fn display_password_handling() {
+    let with_file =
+        config("name: vm1\nboot:\n  kernel: /k\nconsoles:\n  display:\n    password_file: /pw\n");
+    let xml = render(&with_file, &HostFacts::fixed(), Some("s3cr&t")).unwrap();
+    assert!(xml.contains(r#"passwd="s3cr&amp;t""#), "{xml}");
+    assert!(
+        xml.contains(r#"<graphics type="spice" port="5900" autoport="no""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"<model type="virtio"/>"#));
+
+    let xml = render(&with_file, &HostFacts::fixed(), None).unwrap();
+    assert!(xml.contains(r#"passwd="REDACTED""#), "{xml}");
+    assert!(!xml.contains("s3cr"), "{xml}");
+
+    let insecure = config(
+        "name: vm1\nboot:\n  kernel: /k\nconsoles:\n  display:\n    type: vnc\n    insecure: true\n",
+    );
+    let xml = render(&insecure, &HostFacts::fixed(), None).unwrap();
+    assert!(
+        xml.contains(r#"<graphics type="vnc" port="5900" autoport="no">"#),
+        "{xml}"
+    );
+    assert!(!xml.contains("passwd"), "{xml}");
+
+    let none = render(&config(MINIMAL), &HostFacts::fixed(), None).unwrap();
+    assert!(!none.contains("<graphics"), "{none}");
+    assert!(!none.contains("<video"), "{none}");
+}
+
+#[test]
+fn kvm_gets_host_model_and_tcg_no_cpu() {
+    let c = config(MINIMAL);
+    let tcg = render(&c, &HostFacts::fixed(), None).unwrap();
+    assert!(tcg.starts_with(r#"<domain type="qemu">"#), "{tcg}");
+    assert!(!tcg.contains("<cpu"), "{tcg}");
+    let kvm_host = HostFacts {
+        kvm_usable: true,
+        uplink_mtu: None,
+        ..HostFacts::fixed()
+    };
+    let kvm = render(&c, &kvm_host, None).unwrap();
+    assert!(kvm.starts_with(r#"<domain type="kvm">"#), "{kvm}");
+    assert!(kvm.contains(r#"<cpu mode="host-model"/>"#), "{kvm}");
+    assert!(!kvm.contains("<mtu"), "no MTU known: {kvm}");
+    assert!(kvm.ends_with("</domain>\n"));
+}
+
+#[test]
+fn paths_are_escaped_and_survive_a_round_trip() {
+    #[derive(serde::Deserialize)]
+    struct Parsed {
+        name: String,
+        os: ParsedOs,
+        devices: ParsedDevices,
+    }
+    #[derive(serde::Deserialize)]
+    struct ParsedOs {
+        kernel: String,
+        cmdline: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct ParsedDevices {
+        disk: Vec<ParsedDisk>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ParsedDisk {
+        source: ParsedSource,
+    }
+    #[derive(serde::Deserialize)]
+    struct ParsedSource {
+        #[serde(rename = "@file")]
+        file: String,
+    }
+
+    let nasty = r#"/var/lib/vm/a & b's "disk" <1>.img"#;
+    let mut c = config("name: vm1\ndisks:\n  - path: /a\n");
+    c.name = "a&b<'\"".into();
+    c.disks[0].path = nasty.into();
+    c.boot = Some(Boot {
+        kernel: "/k&'".into(),
+        initrd: None,
+        cmdline: "console=ttyS0 a=<&> b=\"'\"".into(),
+    });
+    let xml = render(&c, &HostFacts::fixed(), None).unwrap();
+
+    // Well-formed: the reader checks every tag and attribute.
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)) => {
+                for a in e.attributes() {
+                    a.unwrap_or_else(|err| panic!("{err} in {xml}"));
+                }
+            }
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(err) => panic!("{err} in {xml}"),
+        }
+    }
+
+    let parsed: Parsed = quick_xml::de::from_str(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    assert_eq!(parsed.name, "a&b<'\"");
+    assert_eq!(parsed.os.kernel, "/k&'");
+    assert_eq!(parsed.os.cmdline, "console=ttyS0 a=<&> b=\"'\"");
+    assert_eq!(parsed.devices.disk[0].source.file, nasty);
+}
+
+#[test]
+fn serial_log_path_is_per_domain() {
+    let c = config(MINIMAL);
+    assert_eq!(
+        serial_log_path(&c),
+        Path::new("/var/log/libvirt/qemu/vm1-serial.log")
+    );
+    let xml = render(&c, &HostFacts::fixed(), None).unwrap();
+    assert_eq!(
+        xml.matches(r#"<log file="/var/log/libvirt/qemu/vm1-serial.log" append="off"/>"#)
+            .count(),
+        2,
+        "{xml}"
+    );
+}

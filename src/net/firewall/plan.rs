@@ -1,0 +1,302 @@
+//! The planner: the config turned into the table vmpod owns (see the
+//! module comment of [`super`] for what each chain does).
+
+use ipnet::IpNet;
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::model::{
+    Action, Chain, ChainType, FirewallPlan, Hook, IpFamily, L4Proto, Match, Priority, Rule,
+};
+use crate::config::{EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
+
+/// Render the table for `config`.
+pub fn plan(config: &VmConfig) -> FirewallPlan {
+    let net = &config.network;
+    let egress = &net.egress;
+    let subnet = net.gateway.trunc();
+    let family = IpFamily::of(&subnet);
+    // Validation rejects exclusions of the other family; they could not be
+    // written in this family's match anyway. Aggregation makes the set
+    // canonical (sorted, no overlaps, host bits cleared).
+    let exclude = IpNet::aggregate(
+        &egress
+            .exclude
+            .iter()
+            .filter(|n| IpFamily::of(n) == family)
+            .copied()
+            .collect(),
+    );
+    let guest = Guest {
+        bridge: &net.bridge,
+        subnet,
+        family,
+    };
+    let dnat: Vec<&Ingress> = net.ingress.iter().filter(|i| !i.is_proxied()).collect();
+
+    let mut chains = Vec::new();
+    match egress.mode {
+        EgressMode::Tproxy => chains.push(Chain {
+            name: "egress_tproxy",
+            kind: ChainType::Filter,
+            hook: Hook::Prerouting,
+            priority: Priority::Mangle,
+            rules: [
+                Some(Rule {
+                    // Not the first SYN: when the guest reuses a source
+                    // port whose relayed socket is still in TIME_WAIT, the
+                    // SYN would match that dead socket and be retried a
+                    // second later; it must reach the tproxy rule instead.
+                    matches: vec![
+                        Match::InInterface(net.bridge.clone()),
+                        Match::NotInitialSyn,
+                        Match::TransparentSocket,
+                    ],
+                    actions: vec![Action::SetMark(egress.fwmark), Action::Accept],
+                    comment:
+                        "packet of a connection the egress proxy holds: mark it for the local route"
+                            .into(),
+                }),
+                (!dnat.is_empty()).then(|| Rule {
+                    matches: vec![
+                        Match::InInterface(net.bridge.clone()),
+                        Match::ReplyDirection,
+                    ],
+                    actions: vec![Action::Return],
+                    comment: "the guest answering a connection made to it (dnat ingress): not a new egress connection".into(),
+                }),
+                guest.exclusions_return(&exclude),
+                Some(Rule {
+                    matches: guest.new_tcp(),
+                    actions: vec![
+                        Action::Tproxy(family, egress.listen_port),
+                        Action::SetMark(egress.fwmark),
+                        Action::Accept,
+                    ],
+                    comment: format!(
+                        "new guest TCP connection: to the egress proxy on port {}",
+                        egress.listen_port
+                    ),
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }),
+        EgressMode::Redirect => chains.push(Chain {
+            name: "egress_redirect",
+            kind: ChainType::Nat,
+            hook: Hook::Prerouting,
+            priority: Priority::DstNat,
+            rules: [
+                guest.exclusions_return(&exclude),
+                Some(Rule {
+                    matches: guest.new_tcp(),
+                    actions: vec![Action::Redirect(egress.listen_port)],
+                    comment: format!(
+                        "new guest TCP connection: to the egress proxy on port {}",
+                        egress.listen_port
+                    ),
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        }),
+        EgressMode::Kernel => {}
+    }
+
+    let udp = egress.udp == UdpEgress::Masquerade;
+    let masquerade = if egress.mode.uses_proxy() {
+        let mut rules = Vec::new();
+        if !exclude.is_empty() {
+            rules.push(guest.masquerade(
+                vec![
+                    Match::DestinationIn(family, exclude.clone()),
+                    Match::Proto(L4Proto::Tcp),
+                ],
+                "guest TCP to an excluded destination bypasses the proxy: give it the pod's address",
+            ));
+        }
+        if udp {
+            rules.push(guest.masquerade(
+                vec![Match::Proto(L4Proto::Udp)],
+                "guest UDP is not proxied: give it the pod's address",
+            ));
+        }
+        // The proxy carries only TCP; without this, ping from the guest
+        // would leave with the guest's address and never get an answer.
+        rules.push(guest.masquerade(
+            vec![Match::Proto(L4Proto::Icmp(family))],
+            "guest ICMP is not proxied: give it the pod's address so ping works",
+        ));
+        rules
+    } else if udp {
+        vec![guest.masquerade(
+            vec![],
+            "kernel egress mode: all guest traffic leaves with the pod's address",
+        )]
+    } else {
+        vec![guest.masquerade(
+            vec![Match::NotProto(L4Proto::Udp)],
+            "kernel egress mode: guest traffic but UDP (udp: off) leaves with the pod's address",
+        )]
+    };
+    chains.push(Chain {
+        name: "egress_masquerade",
+        kind: ChainType::Nat,
+        hook: Hook::Postrouting,
+        priority: Priority::SrcNat,
+        rules: masquerade,
+    });
+    chains.push(Chain {
+        name: "guest_input",
+        kind: ChainType::Filter,
+        hook: Hook::Input,
+        priority: Priority::Filter,
+        rules: vec![Rule {
+            matches: vec![
+                Match::InInterface(net.bridge.clone()),
+                Match::LocalDestination,
+                Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
+            ],
+            actions: vec![Action::RejectWithTcpReset],
+            comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
+        }],
+    });
+
+    if !dnat.is_empty() {
+        chains.extend(dnat_chains(config, &dnat));
+    }
+
+    FirewallPlan { chains }
+}
+
+/// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).
+fn loopback_v4() -> IpNet {
+    IpNet::V4(
+        ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).expect("/8 is a prefix"),
+    )
+}
+
+/// The chains of `mode: dnat` ingress ports (see the module comment).
+fn dnat_chains(config: &VmConfig, ports: &[&Ingress]) -> Vec<Chain> {
+    let net = &config.network;
+    let to = |ing: &Ingress| Action::Dnat(SocketAddr::new(net.guest_ip, ing.guest_port()));
+    let port = |ing: &Ingress| {
+        let proto = match ing.protocol {
+            Protocol::Tcp => L4Proto::Tcp,
+            Protocol::Udp => L4Proto::Udp,
+        };
+        Match::DestinationPort(proto, ing.port)
+    };
+    let from_outside = ports
+        .iter()
+        .map(|ing| Rule {
+            matches: vec![
+                Match::NotInInterface(net.bridge.clone()),
+                Match::LocalDestination,
+                port(ing),
+            ],
+            actions: vec![to(ing)],
+            comment: format!(
+                "dnat ingress {}: pod port {}/{} to the guest",
+                ing.name,
+                ing.port,
+                ing.protocol.as_str()
+            ),
+        })
+        .collect();
+    let from_pod = ports
+        .iter()
+        .map(|ing| Rule {
+            matches: vec![Match::LocalDestination, port(ing)],
+            actions: vec![to(ing)],
+            comment: format!(
+                "dnat ingress {}: the pod's own connections, e.g. a sidecar's from 127.0.0.6",
+                ing.name
+            ),
+        })
+        .collect();
+    let mut chains = vec![
+        Chain {
+            name: "ingress_dnat",
+            kind: ChainType::Nat,
+            hook: Hook::Prerouting,
+            priority: Priority::AfterDstNat,
+            rules: from_outside,
+        },
+        Chain {
+            name: "ingress_dnat_local",
+            kind: ChainType::Nat,
+            hook: Hook::Output,
+            priority: Priority::Number(-90),
+            rules: from_pod,
+        },
+    ];
+    // IPv6 has no route_localnet: ::1 never leaves lo, so there is nothing
+    // to rewrite for an IPv6 guest.
+    if let IpAddr::V4(gateway) = net.gateway.addr() {
+        chains.push(Chain {
+            name: "ingress_dnat_snat",
+            kind: ChainType::Nat,
+            hook: Hook::Postrouting,
+            priority: Priority::SrcNat,
+            rules: vec![Rule {
+                matches: vec![
+                    Match::OutInterface(net.bridge.clone()),
+                    Match::Source(loopback_v4()),
+                    Match::DestinationNatted,
+                ],
+                actions: vec![Action::Snat(IpAddr::V4(gateway))],
+                comment: "dnat ingress from the pod's loopback: the guest answers the gateway, which undoes both rewrites".into(),
+            }],
+        });
+    }
+    chains
+}
+
+/// The parts of a rule every guest-facing rule starts with.
+struct Guest<'a> {
+    bridge: &'a IfName,
+    subnet: IpNet,
+    family: IpFamily,
+}
+
+impl Guest<'_> {
+    /// Guest TCP entering from the bridge to an address not of this pod.
+    fn new_tcp(&self) -> Vec<Match> {
+        vec![
+            Match::InInterface(self.bridge.clone()),
+            Match::Source(self.subnet),
+            Match::Proto(L4Proto::Tcp),
+            Match::NotLocalDestination,
+        ]
+    }
+
+    fn exclusions_return(&self, exclude: &[IpNet]) -> Option<Rule> {
+        (!exclude.is_empty()).then(|| Rule {
+            matches: vec![
+                Match::InInterface(self.bridge.clone()),
+                Match::Source(self.subnet),
+                Match::DestinationIn(self.family, exclude.to_vec()),
+            ],
+            actions: vec![Action::Return],
+            comment: "excluded destination: not proxied, the kernel forwards it".into(),
+        })
+    }
+
+    /// Guest traffic leaving other than through the bridge, plus `extra`.
+    fn masquerade(&self, extra: Vec<Match>, comment: &str) -> Rule {
+        let mut matches = vec![
+            Match::Source(self.subnet),
+            Match::NotOutInterface(self.bridge.clone()),
+        ];
+        matches.extend(extra);
+        Rule {
+            matches,
+            actions: vec![Action::Masquerade],
+            comment: comment.into(),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Planner and renderer tests: the config in, nft syntax out.
+
+use super::*;
+use crate::config::{FileChecks, VmConfig, load};
+
+fn config(yaml: &str) -> VmConfig {
+    let base = "name: t\nboot:\n  kernel: /k\n";
+    load("<test>", &format!("{base}{yaml}"), FileChecks::Warn)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+fn script(yaml: &str) -> String {
+    plan(&config(yaml)).script()
+}
+
+fn chain<'a>(p: &'a FirewallPlan, name: &str) -> Option<&'a Chain> {
+    p.chains.iter().find(|c| c.name == name)
+}
+
+const TPROXY_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
+     fib daddr type != local tproxy ip to :9401 meta mark set meta mark | 0x00004000 accept";
+const SOCKET_RULE: &str = "iifname \"virbr0\" tcp flags != syn / syn,ack socket transparent 1 \
+     meta mark set meta mark | 0x00004000 accept";
+const REDIRECT_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto tcp \
+     fib daddr type != local redirect to :9401";
+const UDP_MASQ: &str = "ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto udp masquerade";
+const ICMP_MASQ: &str = "ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto icmp masquerade";
+
+#[test]
+fn script_replaces_only_our_table_atomically() {
+    let s = script("");
+    let body: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(body[0], "table inet vmpod {}");
+    assert_eq!(body[1], "delete table inet vmpod");
+    assert_eq!(body[2], "table inet vmpod {");
+    assert_eq!(*body.last().unwrap(), "}");
+    assert!(!s.contains("flush"), "{s}");
+    let tables = body.iter().filter(|l| l.contains("table ")).count();
+    assert_eq!(tables, 3, "{s}");
+}
+
+#[test]
+fn delete_script_removes_the_table() {
+    assert_eq!(FirewallPlan::delete_script(), "delete table inet vmpod\n");
+    // The literal (a &'static str) spells the same table as the constants.
+    assert_eq!(
+        FirewallPlan::delete_script(),
+        format!("delete table {TABLE_FAMILY} {TABLE_NAME}\n")
+    );
+}
+
+#[test]
+fn tproxy_mode() {
+    let p = plan(&config(""));
+    let s = p.script();
+    let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["egress_tproxy", "egress_masquerade", "guest_input"]);
+    assert!(s.contains("type filter hook prerouting priority mangle; policy accept;"));
+    assert!(s.contains(SOCKET_RULE), "{s}");
+    assert!(s.contains(TPROXY_RULE), "{s}");
+    assert!(s.contains(UDP_MASQ), "{s}");
+    assert!(s.contains(ICMP_MASQ), "{s}");
+    assert!(!s.contains("return"), "no exclusions, no return: {s}");
+    assert!(!s.contains("redirect"), "{s}");
+    // The socket rule comes first: established connections must not
+    // be sent through tproxy again.
+    let t = chain(&p, "egress_tproxy").unwrap();
+    assert_eq!(t.rules[0].matches[2], Match::TransparentSocket);
+}
+
+#[test]
+fn redirect_mode() {
+    let s = script("network:\n  egress:\n    mode: redirect\n");
+    assert!(s.contains("chain egress_redirect {"), "{s}");
+    assert!(s.contains("type nat hook prerouting priority dstnat; policy accept;"));
+    assert!(s.contains(REDIRECT_RULE), "{s}");
+    assert!(!s.contains("tproxy"), "{s}");
+    assert!(!s.contains("socket"), "{s}");
+    assert!(!s.contains("mark"), "{s}");
+    assert!(s.contains(UDP_MASQ), "{s}");
+    assert!(s.contains(ICMP_MASQ), "{s}");
+}
+
+#[test]
+fn kernel_mode_masquerades_everything() {
+    let p = plan(&config("network:\n  egress:\n    mode: kernel\n"));
+    let s = p.script();
+    let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["egress_masquerade", "guest_input"], "{s}");
+    assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
+    assert!(
+        s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
+        "{s}"
+    );
+    for absent in ["tproxy", "redirect", "socket", "mark", "l4proto"] {
+        assert!(!s.contains(absent), "{absent} in {s}");
+    }
+}
+
+#[test]
+fn kernel_mode_with_udp_off_leaves_udp_alone() {
+    let s = script("network:\n  egress:\n    mode: kernel\n    udp: \"off\"\n");
+    assert!(
+        s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" meta l4proto != udp masquerade"),
+        "{s}"
+    );
+}
+
+#[test]
+fn udp_off_drops_the_udp_masquerade_only() {
+    for mode in ["tproxy", "redirect"] {
+        let s = script(&format!(
+            "network:\n  egress:\n    mode: {mode}\n    udp: \"off\"\n"
+        ));
+        assert!(!s.contains("udp"), "{mode}: {s}");
+        assert!(s.contains(ICMP_MASQ), "{mode}: {s}");
+    }
+}
+
+#[test]
+fn exclusions_return_before_the_proxy_and_are_masqueraded() {
+    for mode in ["tproxy", "redirect"] {
+        let p = plan(&config(&format!(
+            "network:\n  egress:\n    mode: {mode}\n    exclude: [169.254.169.254/32, 10.96.0.0/12, 10.100.0.0/16]\n"
+        )));
+        let s = p.script();
+        // Sorted and merged: 10.100.0.0/16 lies inside 10.96.0.0/12.
+        let set = "ip daddr { 10.96.0.0/12, 169.254.169.254 }";
+        assert!(
+            s.contains(&format!(
+                "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} return comment"
+            )),
+            "{mode}: {s}"
+        );
+        assert!(
+            s.contains(&format!(
+                "ip saddr 10.0.1.0/24 oifname != \"virbr0\" {set} meta l4proto tcp masquerade"
+            )),
+            "{mode}: {s}"
+        );
+        let proxy = &p.chains[0];
+        let ret = proxy
+            .rules
+            .iter()
+            .position(|r| r.actions == [Action::Return]);
+        let last = proxy.rules.len() - 1;
+        assert!(ret.is_some_and(|i| i < last), "{mode}: {s}");
+    }
+}
+
+#[test]
+fn a_single_exclusion_is_written_without_a_set() {
+    let s = script("network:\n  egress:\n    exclude: [10.96.0.0/12]\n");
+    assert!(s.contains("ip daddr 10.96.0.0/12 return"), "{s}");
+}
+
+#[test]
+fn fwmark_and_port_come_from_the_config() {
+    let s = script("network:\n  egress:\n    fwmark: 0x8000\n    listen_port: 9500\n");
+    assert!(s.contains("tproxy ip to :9500"), "{s}");
+    assert_eq!(
+        s.matches("meta mark set meta mark | 0x00008000").count(),
+        2,
+        "{s}"
+    );
+    assert!(!s.contains("4000"), "{s}");
+}
+
+#[test]
+fn ipv6_uses_ip6_and_icmpv6() {
+    let s = script(
+        "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  egress:\n    exclude: [fd00:96::/64, fd00:97::/64]\n",
+    );
+    for want in [
+        "iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto tcp fib daddr type != local tproxy ip6 to :9401",
+        "ip6 daddr { fd00:96::/64, fd00:97::/64 } return",
+        "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto udp masquerade",
+        "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto icmpv6 masquerade",
+    ] {
+        assert!(s.contains(want), "missing `{want}` in {s}");
+    }
+    assert!(!s.contains("ip saddr"), "{s}");
+    assert!(!s.contains("tproxy ip to"), "{s}");
+}
+
+#[test]
+fn the_guest_is_refused_on_the_health_port_in_every_mode() {
+    for mode in ["tproxy", "redirect", "kernel"] {
+        let p = plan(&config(&format!(
+            "network:\n  egress:\n    mode: {mode}\nhealth:\n  port: 8282\n"
+        )));
+        let input = chain(&p, "guest_input").expect("guest_input chain");
+        assert_eq!(
+            (input.hook, input.priority),
+            (Hook::Input, Priority::Filter)
+        );
+        let s = p.script();
+        assert!(
+            s.contains("type filter hook input priority filter; policy accept;"),
+            "{mode}: {s}"
+        );
+        assert!(
+            s.contains(
+                "iifname \"virbr0\" fib daddr type local tcp dport 8282 reject with tcp reset comment"
+            ),
+            "{mode}: {s}"
+        );
+        assert!(!s.contains("8181"), "{mode}: {s}");
+    }
+}
+
+#[test]
+fn the_guest_is_refused_on_the_console_ports_too() {
+    let p = plan(&config(
+        "consoles:\n  display:\n    type: vnc\n    port: 5901\n    insecure: true\n  libvirt:\n    port: 16509\n    credentials_file: /c\n",
+    ));
+    let s = p.script();
+    assert!(
+        s.contains(
+            "iifname \"virbr0\" fib daddr type local tcp dport { 5901, 8181, 16509 } reject with tcp reset comment"
+        ),
+        "{s}"
+    );
+    // Redirected guest connections reach the egress listener addressed
+    // to the gateway: its port must stay open.
+    assert!(!s.contains("9401 }"), "{s}");
+}
+
+#[test]
+fn comments_are_valid_nft_strings() {
+    for yaml in [
+        "",
+        "network:\n  egress:\n    mode: redirect\n    exclude: [10.96.0.0/12]\n",
+        "network:\n  egress:\n    mode: kernel\n    udp: \"off\"\n",
+        DNAT_INGRESS,
+    ] {
+        for chain in plan(&config(yaml)).chains {
+            for rule in chain.rules {
+                assert!(!rule.comment.contains('"'), "{}", rule.comment);
+                assert!(rule.comment.len() <= 128, "too long: {}", rule.comment);
+            }
+        }
+    }
+}
+
+const DNAT_INGRESS: &str = "network:\n  ingress:\n    - name: http\n      port: 9080\n      mode: dnat\n    - name: dns\n      port: 5353\n      guest_port: 53\n      protocol: udp\n      mode: dnat\n    - name: web\n      port: 8080\n";
+
+#[test]
+fn dnat_ports_get_prerouting_output_and_snat_rules() {
+    let p = plan(&config(DNAT_INGRESS));
+    let s = p.script();
+    let outside = chain(&p, "ingress_dnat").expect("ingress_dnat");
+    assert_eq!(
+        (outside.kind, outside.hook, outside.priority),
+        (ChainType::Nat, Hook::Prerouting, Priority::AfterDstNat)
+    );
+    assert!(
+        s.contains("type nat hook prerouting priority dstnat + 10;"),
+        "{s}"
+    );
+    assert!(s.contains("type nat hook output priority -90;"), "{s}");
+    for want in [
+        "iifname != \"virbr0\" fib daddr type local tcp dport 9080 dnat ip to 10.0.1.2:9080 comment",
+        "iifname != \"virbr0\" fib daddr type local udp dport 5353 dnat ip to 10.0.1.2:53 comment",
+        "\t\tfib daddr type local tcp dport 9080 dnat ip to 10.0.1.2:9080 comment",
+        "\t\tfib daddr type local udp dport 5353 dnat ip to 10.0.1.2:53 comment",
+        "oifname \"virbr0\" ip saddr 127.0.0.0/8 ct status dnat snat ip to 10.0.1.1 comment",
+    ] {
+        assert!(s.contains(want), "missing `{want}` in {s}");
+    }
+    // The proxied port gets no kernel rule.
+    assert!(!s.contains("8080"), "{s}");
+    // In tproxy mode the guest's answers must not be taken for new
+    // egress connections, and that rule comes before TPROXY.
+    let t = chain(&p, "egress_tproxy").unwrap();
+    let reply = t
+        .rules
+        .iter()
+        .position(|r| r.matches.contains(&Match::ReplyDirection))
+        .expect("a reply rule");
+    assert_eq!(t.rules[reply].actions, [Action::Return]);
+    assert!(reply < t.rules.len() - 1);
+}
+
+#[test]
+fn no_dnat_port_no_dnat_rules() {
+    let s = script("");
+    for absent in ["ingress_dnat", "ct direction", "snat", "dnat"] {
+        assert!(!s.contains(absent), "{absent} in {s}");
+    }
+}
+
+#[test]
+fn dnat_in_the_other_egress_modes_has_no_reply_rule() {
+    for mode in ["redirect", "kernel"] {
+        let yaml = DNAT_INGRESS.replace(
+            "network:\n",
+            &format!("network:\n  egress:\n    mode: {mode}\n"),
+        );
+        let s = script(&yaml);
+        assert!(s.contains("chain ingress_dnat {"), "{mode}: {s}");
+        assert!(!s.contains("ct direction"), "{mode}: {s}");
+    }
+}
+
+#[test]
+fn dnat_to_an_ipv6_guest_has_no_loopback_snat() {
+    let s = script(
+        "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  ingress:\n    - name: http\n      port: 9080\n      mode: dnat\n",
+    );
+    assert!(
+        s.contains(
+            "iifname != \"br6\" fib daddr type local tcp dport 9080 dnat ip6 to [fd00:1::2]:9080"
+        ),
+        "{s}"
+    );
+    assert!(!s.contains("snat"), "{s}");
+}
+
+#[test]
+fn strings_cannot_end_their_nft_literal() {
+    use super::render::Quoted;
+    assert_eq!(Quoted("br0").to_string(), "\"br0\"");
+    assert_eq!(
+        Quoted("a\"; flush ruleset; \\\n").to_string(),
+        "\"a_; flush ruleset; __\""
+    );
+    let long = "x".repeat(200);
+    assert_eq!(Quoted(&long).to_string().len(), 128 + 2);
+    let mut p = plan(&config(""));
+    p.chains[0].rules[0].comment = "say \"hi\"".into();
+    assert!(p.to_string().contains("comment \"say _hi_\""), "{p}");
+}
+
+#[test]
+fn a_mask_wider_than_the_mark_clears_its_bits_first() {
+    let s = script("network:\n  egress:\n    fwmark: \"0x4000/0xc000\"\n");
+    // As `nft list` prints it: the AND leaves out the bit the OR sets.
+    assert_eq!(
+        s.matches("meta mark set meta mark & 0xffff7fff | 0x00004000")
+            .count(),
+        2,
+        "{s}"
+    );
+}
