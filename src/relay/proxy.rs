@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use super::copy::{self, Timeouts};
+use super::drain::DrainWatch;
 use super::proxy_protocol;
 use super::socket;
 use super::stats::{ActiveGuard, RelayStats};
@@ -23,6 +24,9 @@ pub struct ProxySettings {
     pub max_connections: u32,
     /// A header for the upstream before the client's first byte.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// TCP keepalive on both sockets of every relayed connection (the
+    /// config's `network.egress.keepalive: {idle, interval, count}`).
+    pub keepalive: socket::Keepalive,
 }
 
 impl ProxySettings {
@@ -37,9 +41,9 @@ pub trait Destination: Send + Sync + 'static {
     fn destination(&self, client: &TcpStream) -> Result<SocketAddr, String>;
 }
 
-/// Serves `listener` until `shutdown` turns true, with at most `limit`
-/// connections at once. Connections in flight are left to finish on their
-/// own tasks.
+/// Serves `listener` until `drain` stops accepting, with at most `limit`
+/// connections at once. Connections in flight go on, on their own tasks,
+/// until they end or `drain` cuts them.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -47,8 +51,9 @@ pub async fn serve(
     settings: ProxySettings,
     limit: Arc<Semaphore>,
     stats: Arc<RelayStats>,
-    mut shutdown: watch::Receiver<bool>,
+    drain: DrainWatch,
 ) {
+    let mut stopping = drain.clone();
     loop {
         let (client, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -60,7 +65,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = stopping.stopped_accepting() => return,
         };
         RelayStats::add(&stats.accepted, 1);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -79,10 +84,11 @@ pub async fn serve(
             }
         };
         let stats = stats.clone();
+        let cut = drain.clone().cut();
         tokio::spawn(async move {
             let _permit = permit;
             let _active = ActiveGuard::new(&stats);
-            handle(name, client, peer, target, settings, &stats).await;
+            handle(name, client, peer, target, settings, &stats, cut).await;
         });
     }
 }
@@ -94,14 +100,27 @@ async fn handle(
     target: SocketAddr,
     settings: ProxySettings,
     stats: &RelayStats,
+    cut: impl std::future::Future<Output = ()>,
 ) {
-    let mut upstream = match tokio::time::timeout(
-        settings.connect_timeout,
-        TcpStream::connect(target),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
+    let mut cut = std::pin::pin!(cut);
+    if let Err(e) = socket::set_keepalive(&client, &settings.keepalive) {
+        tracing::debug!(relay = name, %peer, error = %e, "cannot set TCP keepalive on the client socket");
+    }
+    let connect = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target));
+    let connected = tokio::select! {
+        r = connect => r,
+        () = &mut cut => {
+            socket::abort(client);
+            return;
+        }
+    };
+    let mut upstream = match connected {
+        Ok(Ok(s)) => {
+            if let Err(e) = socket::set_keepalive(&s, &settings.keepalive) {
+                tracing::debug!(relay = name, %peer, %target, error = %e, "cannot set TCP keepalive on the upstream socket");
+            }
+            s
+        }
         Ok(Err(e)) => {
             RelayStats::add(&stats.upstream_failed, 1);
             tracing::debug!(relay = name, %peer, %target, error = %e, "upstream connect failed");
@@ -125,12 +144,13 @@ async fn handle(
         return;
     }
     tracing::debug!(relay = name, %peer, %target, "relaying");
-    let ended = copy::relay(
+    let ended = copy::relay_until(
         client,
         upstream,
         settings.timeouts,
         &stats.bytes_out,
         &stats.bytes_in,
+        cut,
     )
     .await;
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
