@@ -356,6 +356,11 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
             (Standalone::Egress { listen, mode }, tuning)
         }
     };
+    vmpod::fdlimit::raise_nofile_or_warn();
+    vmpod::fdlimit::warn_if_over_budget(&[vmpod::fdlimit::Need {
+        what: format!("max_connections {} × 2", tuning.max_connections),
+        fds: 2 * u64::from(tuning.max_connections),
+    }]);
     match standalone::run(relay, tuning.settings(), tuning.drain_timeout.0) {
         Ok(stats) => {
             tracing::info!(?stats, "relay stopped");
@@ -369,6 +374,8 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
 }
 
 fn supervise(config: Option<PathBuf>) -> ExitCode {
+    // Again here: `supervise` may run without `run`'s init.
+    vmpod::fdlimit::raise_nofile_or_warn();
     let loaded = match load(config.as_deref(), FileChecks::Required) {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::admission::{Admission, Admitted, Phase, Ticket};
 use super::{Health, metrics};
+use crate::ratelimit::RateLimited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,8 +34,10 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// The share of [`MAX_CONNECTIONS`] one source address may hold before its
 /// new connections push out its own older ones instead of others'.
 pub const MAX_PER_SOURCE: usize = 64;
-/// How often the "slow connections cut" warning may be logged.
-const EVICTION_WARN_EVERY: Duration = Duration::from_secs(10);
+/// "Slow connections cut" and "out of file descriptors", at most once per
+/// 10 s each, with a count.
+static EVICTIONS: RateLimited = RateLimited::new(Duration::from_secs(10));
+static OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
 
 /// Binds the listening socket (with SO_REUSEADDR, as servers do, so a
 /// restart does not wait for TIME_WAIT).
@@ -56,12 +59,24 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
 
 async fn serve_with(listener: TcpListener, health: Arc<Health>, read_timeout: Duration) {
     let admission = Admission::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
-    let mut evictions = RateLimitedCount::new(EVICTION_WARN_EVERY);
+    let mut spare = crate::relay::socket::SpareFd::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
+            Err(e) if crate::relay::socket::out_of_fds(&e) => {
+                // Reset the pending connection rather than leave it (and
+                // the probes behind it) in the backlog.
+                let shed = spare.shed(&listener);
+                if let Some(n) = OUT_OF_FDS.hit() {
+                    tracing::warn!(error = %e, reset = n, "health endpoint: out of file descriptors: new connections are reset");
+                }
+                if !shed {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                continue;
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // Other accept errors: back off instead of spinning.
                 tracing::warn!(error = %e, "health endpoint: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -79,7 +94,7 @@ async fn serve_with(listener: TcpListener, health: Arc<Health>, read_timeout: Du
         let ticket = match admission.admit(peer.ip(), phase) {
             Admitted::Free(t) => t,
             Admitted::Evicted(t) => {
-                if let Some(n) = evictions.add() {
+                if let Some(n) = EVICTIONS.hit() {
                     tracing::warn!(
                         cut = n,
                         held = admission.held(),
@@ -97,37 +112,6 @@ async fn serve_with(listener: TcpListener, health: Arc<Health>, read_timeout: Du
         tokio::spawn(async move {
             handle(stream, head, ticket, &health, read_timeout).await;
         });
-    }
-}
-
-/// Counts events and says, at most once per `every`, how many there were.
-struct RateLimitedCount {
-    every: Duration,
-    last: Option<std::time::Instant>,
-    count: u64,
-}
-
-impl RateLimitedCount {
-    fn new(every: Duration) -> RateLimitedCount {
-        RateLimitedCount {
-            every,
-            last: None,
-            count: 0,
-        }
-    }
-
-    /// Counts one; the count to report when it is time to report.
-    fn add(&mut self) -> Option<u64> {
-        self.count += 1;
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -580,7 +564,10 @@ mod tests {
         }
         let mut idle = Vec::new();
         for _ in 0..IDLE {
-            idle.push(TcpStream::connect(addr).await.unwrap());
+            // Part of the attack: one refused under the churn is no failure.
+            if let Ok(s) = TcpStream::connect(addr).await {
+                idle.push(s);
+            }
         }
         // Let the attack fill the endpoint before probing.
         tokio::time::sleep(Duration::from_millis(1500)).await;

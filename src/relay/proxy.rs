@@ -16,6 +16,7 @@ use super::proxy_protocol;
 use super::socket;
 use super::stats::{ActiveGuard, RelayStats};
 use crate::config::ProxyProtocol;
+use crate::ratelimit::RateLimited;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProxySettings {
@@ -36,6 +37,10 @@ impl ProxySettings {
     }
 }
 
+/// How often "out of file descriptors" may be logged, with a count.
+static ACCEPT_OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
+static CONNECT_OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
+
 /// Decides where an accepted connection goes, or refuses it (with why).
 pub trait Destination: Send + Sync + 'static {
     fn destination(&self, client: &TcpStream) -> Result<SocketAddr, String>;
@@ -54,12 +59,28 @@ pub async fn serve(
     drain: DrainWatch,
 ) {
     let mut stopping = drain.clone();
+    let mut spare = socket::SpareFd::new();
     loop {
         let (client, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
+                Err(e) if socket::out_of_fds(&e) => {
+                    // Reset the pending connection rather than leave it to
+                    // hang in the backlog.
+                    let shed = spare.shed(&listener);
+                    if shed {
+                        RelayStats::add(&stats.refused, 1);
+                    }
+                    if let Some(n) = ACCEPT_OUT_OF_FDS.hit() {
+                        tracing::warn!(relay = name, error = %e, reset = n, "out of file descriptors: new connections are reset (raise RLIMIT_NOFILE or lower max_connections)");
+                    }
+                    if !shed {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // Other accept errors: back off instead of spinning.
                     tracing::warn!(relay = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -123,6 +144,11 @@ async fn handle(
         }
         Ok(Err(e)) => {
             RelayStats::add(&stats.upstream_failed, 1);
+            if socket::out_of_fds(&e)
+                && let Some(n) = CONNECT_OUT_OF_FDS.hit()
+            {
+                tracing::warn!(relay = name, %peer, %target, error = %e, reset = n, "out of file descriptors for the upstream connection: clients are reset (raise RLIMIT_NOFILE or lower max_connections)");
+            }
             tracing::debug!(relay = name, %peer, %target, error = %e, "upstream connect failed");
             socket::abort(client);
             return;

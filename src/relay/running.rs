@@ -49,6 +49,7 @@ impl Relays {
     /// any relay runs. An ingress port's IPv6 address is skipped when the
     /// pod has no IPv6.
     pub fn start(plan: &RelayPlan) -> Result<Relays, ListenError> {
+        crate::fdlimit::warn_if_over_budget(&crate::fdlimit::needs(plan));
         let (stop_udp, stop_rx) = watch::channel(false);
         let (drainer, drain) = Drainer::new();
         let egress = Arc::new(RelayStats::default());

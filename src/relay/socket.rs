@@ -5,7 +5,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -126,6 +126,69 @@ pub fn set_keepalive(stream: &TcpStream, k: &Keepalive) -> io::Result<()> {
     setsockopt(&fd, sockopt::TcpKeepInterval, &secs(k.interval))?;
     setsockopt(&fd, sockopt::TcpKeepCount, &k.count.clamp(1, 127))?;
     Ok(())
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) is out of
+/// file descriptors.
+pub fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// One descriptor held in reserve so that a listener can still take a
+/// pending connection when the process is out of descriptors, and reset it
+/// at once instead of leaving it in the backlog to hang (nginx and haproxy
+/// do the same).
+pub struct SpareFd(Option<OwnedFd>);
+
+impl SpareFd {
+    pub fn new() -> SpareFd {
+        SpareFd(open_spare())
+    }
+
+    /// Out of descriptors: frees the spare, accepts one pending connection
+    /// of `listener` and resets it, then takes the spare back. Whether a
+    /// connection was reset.
+    pub fn shed(&mut self, listener: &TcpListener) -> bool {
+        drop(self.0.take());
+        // SAFETY: accept4 on a listening socket we own; null address
+        // pointers are allowed.
+        #[allow(unsafe_code)]
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        let shed = fd >= 0;
+        if shed {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            #[allow(unsafe_code)]
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = setsockopt(
+                &conn,
+                sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            drop(conn);
+        }
+        self.0 = open_spare();
+        shed
+    }
+}
+
+impl Default for SpareFd {
+    fn default() -> SpareFd {
+        SpareFd::new()
+    }
+}
+
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 /// Closes with a RST instead of a FIN: the peer learns the connection
