@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::config::{Accel, Mtu, VmConfig};
+use crate::dns::resolv::{self, ResolvConf};
 
 /// The accelerator a domain will really use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,17 @@ pub struct HostFacts {
     pub uplink_mtu: Option<u32>,
     /// What memory and CPUs the host and vmpod's cgroup can give a guest.
     pub limits: HostLimits,
+    /// The pod's /etc/resolv.conf: the resolvers the DNS forwarder asks and
+    /// the search list the guest is handed, as a pod process has them.
+    pub resolv: ResolvConf,
 }
+
+/// Where the pod's resolver configuration is read.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What a Kubernetes pod in the `default` namespace has: the resolver of
+/// [`HostFacts::fixed`].
+const FIXED_RESOLV_CONF: &str = "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n";
 
 impl HostFacts {
     /// Facts that make rendering reproducible (golden tests): no KVM, MTU
@@ -41,6 +52,7 @@ impl HostFacts {
             kvm_usable: false,
             uplink_mtu: Some(1500),
             limits: HostLimits::default(),
+            resolv: resolv::parse(FIXED_RESOLV_CONF),
         }
     }
 
@@ -49,6 +61,11 @@ impl HostFacts {
             kvm_usable: kvm_usable(),
             uplink_mtu: default_route_mtu(),
             limits: HostLimits::detect(),
+            // A pod without one has no resolver: the forwarder answers
+            // SERVFAIL, which the supervisor warns about at start.
+            resolv: std::fs::read_to_string(RESOLV_CONF)
+                .map(|text| resolv::parse(&text))
+                .unwrap_or_default(),
         }
     }
 

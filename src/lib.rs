@@ -1,6 +1,7 @@
 //! vmpod: the PID 1 of a pod that runs one virtual machine, making the VM a
 //! first-class member of the pod's service mesh.
 
+pub mod addressing;
 pub mod config;
 pub mod consoles;
 pub mod dhcp;
@@ -9,6 +10,7 @@ pub mod fdlimit;
 pub mod health;
 pub mod host;
 pub mod init;
+pub mod ipv6;
 pub mod libvirt;
 pub mod logging;
 pub mod logtail;

@@ -8,7 +8,9 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{EgressMode, Ingress, Protocol, ProxyProtocol, VmConfig};
+use crate::addressing::AddressingPlan;
+use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
+use crate::dhcp::DhcpConfigError;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -31,6 +33,27 @@ pub enum ListenerKind {
     ConsoleDisplay,
     ConsoleLibvirt,
     Health,
+    /// The DHCPv4 server, on the bridge only.
+    Dhcp,
+    /// The DNS forwarder, on the gateway.
+    Dns,
+}
+
+impl ListenerKind {
+    /// Whether the socket lives on the bridge vmpod creates, and so cannot
+    /// be checked before the bridge exists.
+    pub fn on_bridge(&self) -> bool {
+        matches!(self, ListenerKind::Dhcp | ListenerKind::Dns)
+    }
+}
+
+/// Why a plan cannot be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Dhcp(#[from] DhcpConfigError),
 }
 
 impl fmt::Display for ListenerKind {
@@ -41,6 +64,8 @@ impl fmt::Display for ListenerKind {
             ListenerKind::ConsoleDisplay => f.write_str("console/display"),
             ListenerKind::ConsoleLibvirt => f.write_str("console/libvirt"),
             ListenerKind::Health => f.write_str("health"),
+            ListenerKind::Dhcp => f.write_str("dhcp"),
+            ListenerKind::Dns => f.write_str("dns"),
         }
     }
 }
@@ -63,10 +88,15 @@ pub struct Listener {
 pub struct Plan {
     /// The libvirt domain name.
     pub domain: String,
+    /// The guest's address and MAC on the bridge.
+    pub guest_ip: IpAddr,
+    pub guest_mac: MacAddr,
     pub egress_mode: EgressMode,
     pub domain_xml: String,
     /// The bridge, sysctls, nft table and policy route.
     pub network: NetworkPlan,
+    /// The guest's DHCP lease and DNS.
+    pub addressing: AddressingPlan,
     pub relays: RelayPlan,
     /// Every listening socket: the relays', the consoles' and the health
     /// endpoint's.
@@ -82,24 +112,31 @@ impl Plan {
         config: &VmConfig,
         facts: &HostFacts,
         display_password: Option<&str>,
-    ) -> Result<Plan, DomainError> {
+    ) -> Result<Plan, PlanError> {
         let relays = relays(config);
         let health_addr = SocketAddr::new(any_addr(config), config.health.port);
+        let mtu = facts.mtu(config);
+        let addressing = AddressingPlan::build(config, facts, mtu)?;
+        let mut listeners = listeners(config, &relays, health_addr);
+        listeners.extend(addressing_listeners(&addressing));
         Ok(Plan {
             domain: config.name.clone(),
+            guest_ip: config.network.guest_ip,
+            guest_mac: domain::guest_mac(config),
             egress_mode: config.network.egress.mode,
             domain_xml: domain::render(config, facts, display_password)?,
             network: NetworkPlan {
                 bridge: BridgeSpec {
                     name: config.network.bridge.clone(),
                     gateway: config.network.gateway,
-                    mtu: facts.mtu(config),
+                    mtu,
                 },
                 sysctls: sysctl::plan(config, None),
                 firewall: firewall::plan(config),
                 policy_route: route::plan(config),
             },
-            listeners: listeners(config, &relays, health_addr),
+            listeners,
+            addressing,
             relays,
             health_addr,
             daemon_files: daemon_config::files(config),
@@ -142,6 +179,24 @@ impl Plan {
                 "only_with_pod_ipv6": l.only_with_pod_ipv6,
                 "target": l.target,
             })).collect::<Vec<_>>(),
+            "addressing": {
+                "dhcp": self.addressing.dhcp.as_ref().map(|d| serde_json::json!({
+                    "bridge": d.bridge,
+                    "guest_ip": d.guest_ip.to_string(),
+                    "guest_mac": crate::dhcp::config::format_mac(&d.guest_mac),
+                    "router": d.router.map(|r| r.to_string()),
+                    "dns": d.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "search": d.search,
+                    "mtu": d.mtu,
+                    "hostname": d.hostname,
+                    "lease_seconds": d.lease.as_secs(),
+                })),
+                "dns_forwarder": self.addressing.dns.as_ref().map(|d| serde_json::json!({
+                    "listen": d.listen.to_string(),
+                    "upstreams": d.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
+                "guest_dns": self.addressing.guest_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -226,6 +281,38 @@ fn relays(config: &VmConfig) -> RelayPlan {
         })
         .collect();
     RelayPlan { egress, ingress }
+}
+
+/// The DHCP server's and the DNS forwarder's sockets.
+fn addressing_listeners(plan: &AddressingPlan) -> Vec<Listener> {
+    let mut out = Vec::new();
+    if let Some(d) = &plan.dhcp {
+        out.push(Listener {
+            kind: ListenerKind::Dhcp,
+            field: "network.dhcp".into(),
+            protocol: Protocol::Udp,
+            addr: SocketAddr::new(IpAddr::from([0u8; 4]), 67),
+            only_with_pod_ipv6: false,
+            target: format!(
+                "DHCPv4 on {} (SO_BINDTODEVICE), for {} only",
+                d.bridge,
+                crate::dhcp::config::format_mac(&d.guest_mac)
+            ),
+        });
+    }
+    if let Some(d) = &plan.dns {
+        for protocol in [Protocol::Udp, Protocol::Tcp] {
+            out.push(Listener {
+                kind: ListenerKind::Dns,
+                field: "network.dns".into(),
+                protocol,
+                addr: d.listen,
+                only_with_pod_ipv6: false,
+                target: "the guest's DNS, asked of the pod's resolvers as a pod process".into(),
+            });
+        }
+    }
+    out
 }
 
 fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> Vec<Listener> {
@@ -336,6 +423,8 @@ impl fmt::Display for Plan {
             Some(r) => writeln!(f, "{r}")?,
             None => writeln!(f, "(none: only tproxy mode routes by mark)")?,
         }
+        writeln!(f, "\n## guest addressing")?;
+        write!(f, "{}", self.addressing)?;
         writeln!(f, "\n## listeners")?;
         for l in &self.listeners {
             writeln!(

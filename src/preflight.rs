@@ -101,7 +101,11 @@ fn on_path(program: &str) -> bool {
 /// listeners count only when the pod has IPv6, as when they are opened.
 pub fn ports(listeners: &[Listener]) -> Result<(), PreflightError> {
     let ipv6 = crate::relay::ingress::pod_has_ipv6();
-    for l in listeners.iter().filter(|l| ipv6 || !l.only_with_pod_ipv6) {
+    // The bridge's sockets wait for the bridge: nothing else can hold them.
+    for l in listeners
+        .iter()
+        .filter(|l| (ipv6 || !l.only_with_pod_ipv6) && !l.kind.on_bridge())
+    {
         let bound = match l.protocol {
             Protocol::Tcp => TcpListener::bind(l.addr).map(drop),
             Protocol::Udp => UdpSocket::bind(l.addr).map(drop),

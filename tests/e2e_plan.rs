@@ -35,7 +35,8 @@ fn json(cmd: &mut Command) -> Value {
 
 fn rendered(vm: &RunningVm) -> Value {
     let config = vm.config_path.to_str().unwrap();
-    json(&mut vm.sandbox.in_pod(&[
+    // In vmpod's own namespaces: the same MTU and /etc/resolv.conf.
+    json(&mut vm.sandbox.in_sandbox(&[
         env!("CARGO_BIN_EXE_vmpod"),
         "render",
         "--what",
@@ -141,6 +142,12 @@ fn what_run_applies_is_what_render_printed() {
             .filter_map(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
                 let local = cols.get(3)?.replace('*', "[::]");
+                // A socket bound to a device (the DHCP server's) shows as
+                // ADDR%DEV:PORT; the plan names the device in its target.
+                let local = match (local.find('%'), local.rfind(':')) {
+                    (Some(p), Some(c)) if p < c => format!("{}{}", &local[..p], &local[c..]),
+                    _ => local,
+                };
                 Some(format!("{local} {}", cols.get(5).unwrap_or(&"")))
             })
             .collect()
@@ -210,6 +217,24 @@ fn what_run_applies_is_what_render_printed() {
             "{path}"
         );
     }
+
+    // The guest took the lease the plan offers, from vmpod's DHCP server.
+    let dhcp = &plan["addressing"]["dhcp"];
+    let guest_ip = str_of(dhcp, "guest_ip");
+    let leased = vm
+        .sandbox
+        .wait_for("the guest's DHCP lease", Duration::from_secs(60), || {
+            let metrics = vm.curl_from_pod("http://127.0.0.1:8181/metrics")?;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("vmpod_dhcp_leases_granted_total") && !l.ends_with(" 0"))
+                .then_some(metrics)
+        });
+    assert!(leased.contains("vmpod_dhcp_packets_total"), "{leased}");
+    let identity = vm
+        .curl_from_pod(&format!("http://{guest_ip}:9080/"))
+        .expect("the guest answers at its leased address");
+    assert!(identity.contains(guest_ip), "{identity}");
 
     // The domain libvirt holds carries every element and attribute render
     // wrote (libvirt adds its defaults, and expands the machine alias).

@@ -550,6 +550,7 @@ const MINIMAL_CAPABILITIES: &[&str] = &[
     "FOWNER",
     "DAC_OVERRIDE",
     "KILL",
+    "NET_BIND_SERVICE",
 ];
 
 #[test]

@@ -14,6 +14,10 @@ packages=(
   nftables iptables iproute2
   # the test guest: busybox userland, initramfs packing
   busybox-static cpio
+  # IPv6 for the guest (tests/ipv6_ns.rs, images/test-guest): ISC dhclient -6 and dhcpcd are the
+  # DHCPv6 clients the tests run (Debian 12's busybox has no udhcpc6), and the test guest's
+  # initramfs carries dhclient; rdisc6 reads Router Advertisements as a host parses them
+  isc-dhcp-client dhcpcd-base ndisc6
   # test clients and benchmark competitors
   curl socat iperf3 haproxy
   # tests/dhcp_ns.rs: ISC dhclient, the DHCP client of Debian's cloud images (busybox's udhcpc

@@ -9,7 +9,8 @@
 #
 # Addresses (the same in every sandbox: each has its own namespaces):
 #   pod eth0     10.89.0.2/24, default route via 10.89.0.1
-#   cluster      10.89.0.1/24 (upstream servers and test clients live here)
+#   cluster      10.89.0.1/24 (upstream servers and test clients live here; also the
+#                pod's resolver in /etc/resolv.conf inside the sandbox)
 # VMPOD_GUEST_IMAGES (default <repo>/target/test-guest) is mounted read-only at
 # /var/lib/vmpod/images/test-guest, where the example config expects the test guest.
 set -euo pipefail
@@ -65,6 +66,12 @@ inner() {
   mount --bind "$state/lib-libvirt" /var/lib/libvirt
   mkdir -p /var/log/libvirt && mount --bind "$state/log-libvirt" /var/log/libvirt
   mkdir -p /etc/sasl2 && mount --bind "$state/sasl2" /etc/sasl2
+  # The resolver a kubelet gives a pod: the cluster's DNS (here the cluster
+  # namespace, where a test may run a server) and the search list of the
+  # pod's namespace. The guest's forwarded DNS never leaves the sandbox.
+  printf 'nameserver %s\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n' \
+    "$CLUSTER_IP" >"$state/resolv.conf"
+  mount --bind "$state/resolv.conf" /etc/resolv.conf
   local images=${VMPOD_GUEST_IMAGES:-}
   if [ -n "$images" ]; then
     mkdir -p /var/lib/vmpod/images/test-guest

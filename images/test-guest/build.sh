@@ -50,7 +50,7 @@ fi
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
     awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print $2; exit}')
 [ -n "$kpkg" ] || die "apt-cache depends linux-image-amd64 names no kernel (run apt-get update)"
-pkgs=("$kpkg" busybox-static perl-base libc6 libcrypt1)
+pkgs=("$kpkg" busybox-static perl-base libc6 libcrypt1 isc-dhcp-client)
 # The versions apt-get download would fetch (one apt-cache call: each costs ~0.5 s).
 declare -A ver
 while read -r p v; do ver[$p]=$v; done < <(apt-cache policy "${pkgs[@]}" 2>/dev/null |
@@ -137,6 +137,9 @@ pick() { # NAME DIR... -> first regular file NAME in ux/DIR
 cp "$(pick busybox bin usr/bin)" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
 cp "$(pick perl usr/bin bin)" "$root/usr/bin/perl"
+# ISC dhclient for DHCPv6 (Debian 12's busybox has no udhcpc6); it needs only
+# libc. Its bash dhclient-script is replaced by etc/vmpod/dhclient6.script.
+cp "$(pick dhclient sbin usr/sbin)" "$root/sbin/dhclient"
 for l in "${libs[@]}"; do
     cp "$(pick "$l" lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu)" "$root/lib/x86_64-linux-gnu/$l"
 done
@@ -186,8 +189,10 @@ done
 cp -a "$here/rootfs/." "$root/"
 cp "$here/init" "$root/init"
 chmod 755 "$root/init" "$root/etc/vmpod/rc" "$root/etc/vmpod/udhcpc.script" \
-    "$root/etc/acpi/PWRF/00000080" "$root/www/cgi-bin/fetch"
-chmod 644 "$root/etc/inittab" "$root/etc/vmpod/functions.sh" "$root/usr/lib/vmpod/echo.pl"
+    "$root/etc/vmpod/dhclient6.script" "$root/etc/acpi/PWRF/00000080" "$root/www/cgi-bin/fetch"
+chmod 644 "$root/etc/inittab" "$root/etc/vmpod/functions.sh" "$root/usr/lib/vmpod/echo.pl" \
+    "$root/etc/dhcp/dhclient6.conf"
+mkdir -p "$root/var/lib/dhcp"
 cat >"$root/etc/vmpod/versions" <<EOF
 kernel $kver ($kpkg ${ver[$kpkg]})
 $(for p in "${pkgs[@]:1}"; do echo "$p ${ver[$p]}"; done)
@@ -204,12 +209,14 @@ mknod -m 666 "$root/dev/null" c 1 3 || true
 
 # Sanity checks of the packed userland, run on this (amd64) host.
 "$root/bin/busybox" sh -n "$root/init"
-for s in etc/vmpod/rc etc/vmpod/udhcpc.script etc/acpi/PWRF/00000080 www/cgi-bin/fetch etc/vmpod/functions.sh; do
+for s in etc/vmpod/rc etc/vmpod/udhcpc.script etc/vmpod/dhclient6.script etc/acpi/PWRF/00000080 \
+    www/cgi-bin/fetch etc/vmpod/functions.sh; do
     "$root/bin/busybox" sh -n "$root/$s" || die "syntax error in $s"
 done
 if [ "$(id -u)" = 0 ]; then
     out=$(chroot "$root" /usr/bin/perl -c /usr/lib/vmpod/echo.pl 2>&1) || true
     case "$out" in *"syntax OK"*) ;; *) die "perl in the initramfs does not run: $out" ;; esac
+    out=$(chroot "$root" /sbin/dhclient --version 2>&1) || die "dhclient in the initramfs does not run: $out"
 fi
 
 log "packing the initramfs"

@@ -139,6 +139,44 @@ pub struct Network {
     pub egress: Egress,
     #[serde(default)]
     pub ingress: Vec<Ingress>,
+    /// Serve the guest its IPv4 address by DHCP, as a cloud does.
+    #[serde(default = "defaults::dhcp")]
+    pub dhcp: bool,
+    /// The guest's host name (DHCP option 12). Default: `name`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The guest's DNS servers: `forward` (vmpod answers on the gateway and
+    /// asks the pod's resolvers as a pod process) or a list given as is.
+    #[serde(default)]
+    pub dns: DnsSetting,
+}
+
+/// `network.dns`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DnsSetting {
+    #[default]
+    Forward,
+    Servers(Vec<IpAddr>),
+}
+
+impl<'de> Deserialize<'de> for DnsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<IpAddr>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected `forward` or a list of IP addresses"))?
+        {
+            Raw::Word(w) if w == "forward" => Ok(DnsSetting::Forward),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "`{w}`: expected `forward` or a list of IP addresses"
+            ))),
+            Raw::List(list) => Ok(DnsSetting::Servers(list)),
+        }
+    }
 }
 
 impl Default for Network {
@@ -151,6 +189,9 @@ impl Default for Network {
             mtu: Mtu::Auto,
             egress: Egress::default(),
             ingress: Vec::new(),
+            dhcp: defaults::dhcp(),
+            hostname: None,
+            dns: DnsSetting::Forward,
         }
     }
 }
@@ -503,6 +544,9 @@ impl VmConfig {
 mod defaults {
     use super::*;
 
+    pub fn dhcp() -> bool {
+        true
+    }
     pub fn cpus() -> u32 {
         1
     }

@@ -64,11 +64,14 @@ pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Ve
     v.host_limits(config, limits);
     v.boot(config);
     v.network(config);
+    v.addressing(config);
     v.ports(config);
     v.consoles(config);
     v.lifecycle(config);
     v.issues
 }
+
+mod addressing;
 
 struct Validator {
     issues: Vec<Issue>,

@@ -44,6 +44,11 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// The sum of all observations, in seconds, as Prometheus has it.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
     pub fn observe(&self, d: Duration) {
         let ms = d.as_millis();
         let i = LATENCY_BUCKETS_MS

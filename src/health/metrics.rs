@@ -19,7 +19,9 @@ use prometheus_client::registry::Registry;
 
 use super::procfs::{self, ProcessStats};
 use super::readiness::{STATE_NAMES, state_name};
-use super::{Health, RelayHandle, lock};
+use super::{Health, RelayHandle, ServiceHandles, lock};
+use crate::dhcp::DhcpStats;
+use crate::dns::DnsStats;
 use crate::relay::stats::RelayStats;
 
 /// The content type of the Prometheus text format 0.0.4.
@@ -60,6 +62,7 @@ struct Snapshot {
     firewall_reconciliations: u64,
     route_reconciliations: u64,
     relays: Vec<RelayHandle>,
+    services: Option<ServiceHandles>,
     process: ProcessStats,
 }
 
@@ -83,6 +86,7 @@ impl Snapshot {
             firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
             route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
             relays: lock(&h.relays).clone(),
+            services: lock(&h.services).clone(),
             process: procfs::process_stats(),
         }
     }
@@ -292,6 +296,14 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        if let Some(services) = &self.services {
+            if let Some(d) = &services.dhcp {
+                dhcp_metrics(e, d)?;
+            }
+            if let Some(d) = &services.dns {
+                dns_metrics(e, d)?;
+            }
+        }
         let p = &self.process;
         gauge(
             e,
@@ -337,6 +349,134 @@ impl Collector for Snapshot {
         )?;
         Ok(())
     }
+}
+
+fn labelled(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: &[(&str, u64)],
+) -> Result<(), fmt::Error> {
+    family(
+        enc,
+        name,
+        help,
+        MetricType::Counter,
+        samples
+            .iter()
+            .map(|(v, n)| (vec![(label, v.to_string())], ConstCounter::new(*n))),
+    )
+}
+
+fn dhcp_metrics(e: &mut DescriptorEncoder, d: &DhcpStats) -> Result<(), fmt::Error> {
+    let get = DhcpStats::get;
+    family(
+        e,
+        "vmpod_dhcp_packets",
+        "DHCPv4 messages, by direction and type.",
+        MetricType::Counter,
+        [
+            ("received", "discover", get(&d.discover)),
+            ("received", "request", get(&d.request)),
+            ("received", "decline", get(&d.decline)),
+            ("received", "release", get(&d.release)),
+            ("received", "inform", get(&d.inform)),
+            ("received", "other", get(&d.other_type)),
+            ("sent", "offer", get(&d.offer)),
+            ("sent", "ack", get(&d.ack)),
+            ("sent", "nak", get(&d.nak)),
+        ]
+        .map(|(dir, kind, n)| {
+            (
+                vec![("direction", dir.to_string()), ("type", kind.to_string())],
+                ConstCounter::new(n),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "vmpod_dhcp_leases_granted",
+        "DHCPv4 ACKs that granted or renewed the guest's lease.",
+        get(&d.leases_granted),
+    )?;
+    labelled(
+        e,
+        "vmpod_dhcp_dropped",
+        "DHCPv4 packets not answered, by reason.",
+        "reason",
+        &[
+            ("malformed", get(&d.malformed)),
+            ("foreign_mac", get(&d.foreign_mac)),
+            ("send_error", get(&d.send_errors)),
+        ],
+    )
+}
+
+/// A histogram read from the forwarder's own buckets.
+struct LatencyHistogram<'a>(&'a crate::dns::stats::LatencyHistogram);
+
+impl EncodeMetric for LatencyHistogram<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), fmt::Error> {
+        let h = self.0;
+        let buckets: Vec<(f64, u64)> = h
+            .cumulative()
+            .into_iter()
+            .map(|(ms, n)| (ms.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0), n))
+            .collect();
+        let count = h.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<Vec<(String, String)>>(h.sum_seconds(), count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn dns_metrics(e: &mut DescriptorEncoder, d: &DnsStats) -> Result<(), fmt::Error> {
+    let get = crate::dns::stats::get;
+    labelled(
+        e,
+        "vmpod_dns_queries",
+        "DNS queries from the guest, by protocol.",
+        "protocol",
+        &[("udp", get(&d.udp_queries)), ("tcp", get(&d.tcp_queries))],
+    )?;
+    labelled(
+        e,
+        "vmpod_dns_answers",
+        "Answers the guest got: from an upstream (truncated ones counted apart), or SERVFAIL when none answered.",
+        "result",
+        &[
+            ("answer", get(&d.answers)),
+            ("truncated", get(&d.truncated)),
+            ("servfail", get(&d.failures)),
+        ],
+    )?;
+    labelled(
+        e,
+        "vmpod_dns_failures",
+        "Upstream attempts and guest queries that failed, by reason.",
+        "reason",
+        &[
+            ("upstream_timeout", get(&d.timeouts)),
+            ("upstream_error", get(&d.upstream_errors)),
+            ("wrong_id", get(&d.mismatched)),
+            ("busy", get(&d.dropped_busy)),
+            ("malformed", get(&d.malformed)),
+            ("tcp_rejected", get(&d.tcp_rejected)),
+        ],
+    )?;
+    family(
+        e,
+        "vmpod_dns_query_duration_seconds",
+        "Time from the guest's query to its answer (SERVFAIL included).",
+        MetricType::Histogram,
+        [(Labels::new(), LatencyHistogram(&d.latency))],
+    )
 }
 
 /// Samples of a Prometheus text exposition: `(name, labels, value)`, where

@@ -18,21 +18,24 @@ pub mod readiness;
 pub mod server;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::addressing::GuestServices;
 use crate::config::EgressMode;
+use crate::dhcp::{DhcpStats, Lease};
+use crate::dns::DnsStats;
 use crate::libvirt::guest::GuestState;
 use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
 use crate::relay::running::{ListenError, Relays};
 use crate::relay::stats::RelayStats;
-use readiness::{Expectations, KernelFacts, Phase, Reported};
+use readiness::{Expectations, GuestAddress, KernelFacts, Phase, Reported};
 
 /// A running watch loop beats every 500 ms; a restart of the guest holds it
 /// for a few seconds. Silence this long means the loop is stuck (a libvirt
@@ -53,6 +56,14 @@ pub struct RelayHandle {
     pub stats: Arc<RelayStats>,
 }
 
+/// What `/readyz` and `/metrics` read of the guest services.
+#[derive(Clone, Debug)]
+pub struct ServiceHandles {
+    pub dhcp: Option<Arc<DhcpStats>>,
+    pub dns: Option<Arc<DnsStats>>,
+    pub lease: Option<watch::Receiver<Option<Lease>>>,
+}
+
 /// The state the endpoint serves, shared by the supervisor, the prober and
 /// the server. Every lock is held for a copy or an assignment only.
 pub struct Health {
@@ -68,6 +79,8 @@ pub struct Health {
     reported: Mutex<Reported>,
     kernel: Mutex<Option<KernelFacts>>,
     relays: Mutex<Vec<RelayHandle>>,
+    /// The DHCP server's and DNS forwarder's counters and the lease.
+    services: Mutex<Option<ServiceHandles>>,
     ready_after: OnceLock<Duration>,
     guest_restarts: AtomicU64,
     daemon_restarts: Mutex<BTreeMap<String, u64>>,
@@ -115,6 +128,12 @@ impl Health {
                 bridge: net.bridge.name.to_string(),
                 route: net.policy_route.map(|r| r.to_string()),
                 listeners,
+                // The neighbour check reads the IPv4 table (/proc/net/arp).
+                address: plan.guest_ip.is_ipv4().then(|| GuestAddress {
+                    ip: plan.guest_ip,
+                    mac: plan.guest_mac.to_string().to_lowercase(),
+                    dhcp: plan.addressing.dhcp.is_some(),
+                }),
             },
             ingress_ports,
             heartbeat_ms: AtomicU64::new(0),
@@ -122,9 +141,11 @@ impl Health {
                 phase: Phase::Booting("start".into()),
                 guest: None,
                 tap: None,
+                lease: None,
             }),
             kernel: Mutex::new(None),
             relays: Mutex::new(Vec::new()),
+            services: Mutex::new(None),
             ready_after: OnceLock::new(),
             guest_restarts: AtomicU64::new(0),
             daemon_restarts: Mutex::new(DAEMONS.iter().map(|d| (d.to_string(), 0)).collect()),
@@ -195,6 +216,22 @@ impl Health {
         self.probe_now.notify_one();
     }
 
+    /// The DHCP server and DNS forwarder are running.
+    pub fn guest_services(&self, services: &GuestServices) {
+        *lock(&self.services) = Some(ServiceHandles {
+            dhcp: services.dhcp_stats.clone(),
+            dns: services.dns_stats.clone(),
+            lease: services.lease.clone(),
+        });
+        self.probe_now.notify_one();
+    }
+
+    fn leased(&self) -> Option<IpAddr> {
+        let services = lock(&self.services);
+        let lease = services.as_ref()?.lease.as_ref()?.borrow();
+        lease.as_ref().map(|l| IpAddr::V4(l.ip))
+    }
+
     pub fn guest_restarted(&self) {
         self.guest_restarts.fetch_add(1, Ordering::Relaxed);
     }
@@ -251,7 +288,8 @@ impl Health {
     /// The failing readiness checks; empty when ready. The first success
     /// fixes the time to ready.
     pub fn readiness(&self) -> Vec<String> {
-        let reported = lock(&self.reported).clone();
+        let mut reported = lock(&self.reported).clone();
+        reported.lease = self.leased();
         let kernel = lock(&self.kernel).clone();
         let failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
         if failures.is_empty() && self.ready_after.get().is_none() {

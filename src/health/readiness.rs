@@ -24,6 +24,20 @@ pub struct Expectations {
     pub route: Option<String>,
     /// Listeners that must be open: (name, protocol, port).
     pub listeners: Vec<(String, Protocol, u16)>,
+    /// The guest must hold its address (IPv4 guests).
+    pub address: Option<GuestAddress>,
+}
+
+/// How readiness knows the guest has its address: a DHCP lease for it, or
+/// the address answering from the guest's MAC on the bridge (a guest
+/// configured statically).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestAddress {
+    pub ip: std::net::IpAddr,
+    /// As the kernel's neighbour table prints it: lowercase, colon-separated.
+    pub mac: String,
+    /// Whether vmpod's DHCP server hands the address out.
+    pub dhcp: bool,
 }
 
 /// The kernel's state as the prober last saw it. An `Err` is why it could
@@ -35,6 +49,9 @@ pub struct KernelFacts {
     /// None when the mode has no policy route.
     pub route_present: Option<Result<bool, String>>,
     pub open_ports: Result<OpenPorts, String>,
+    /// The MAC the guest's address resolves to on the bridge, if any; None
+    /// when no address is expected.
+    pub guest_neighbor: Option<Result<Option<String>, String>>,
 }
 
 /// What the supervisor reports.
@@ -45,6 +62,8 @@ pub struct Reported {
     pub guest: Option<GuestState>,
     /// The tap the guest was last attached with.
     pub tap: Option<String>,
+    /// The address vmpod's DHCP server has leased to the guest, if any.
+    pub lease: Option<std::net::IpAddr>,
 }
 
 /// Every failing check as `check: what is wrong`, in a stable order.
@@ -96,6 +115,29 @@ pub fn failures(
                 route.replace('\n', "; ")
             )),
             Some(Err(e)) => out.push(format!("route: cannot check the policy route: {e}")),
+        }
+    }
+    if let Some(want) = &expect.address {
+        let leased = reported.lease == Some(want.ip);
+        let seen = match &kernel.guest_neighbor {
+            Some(Ok(Some(mac))) => mac == &want.mac,
+            _ => false,
+        };
+        if !leased && !seen {
+            let lease = if want.dhcp {
+                format!("the guest has no DHCP lease for {} yet, and ", want.ip)
+            } else {
+                String::new()
+            };
+            let why = match &kernel.guest_neighbor {
+                Some(Err(e)) => format!(" (cannot read the neighbour table: {e})"),
+                Some(Ok(Some(other))) => format!(" ({} answers from {other})", want.ip),
+                _ => String::new(),
+            };
+            out.push(format!(
+                "address: {lease}{} does not answer from {} on {}{why}",
+                want.ip, want.mac, expect.bridge
+            ));
         }
     }
     for (name, protocol, port) in &expect.listeners {
@@ -154,6 +196,11 @@ mod tests {
                 ("ingress/http".into(), Protocol::Tcp, 9080),
                 ("ingress/dns".into(), Protocol::Udp, 53),
             ],
+            address: Some(GuestAddress {
+                ip: "10.0.1.2".parse().unwrap(),
+                mac: "52:54:00:f2:3e:a1".into(),
+                dhcp: true,
+            }),
         }
     }
 
@@ -166,6 +213,7 @@ mod tests {
                 tcp: [22, 8181, 9080, 9401].into_iter().collect(),
                 udp: [53].into_iter().collect(),
             }),
+            guest_neighbor: Some(Ok(None)),
         }
     }
 
@@ -174,6 +222,7 @@ mod tests {
             phase: Phase::Running,
             guest: Some(GuestState::Running),
             tap: Some("vnet0".into()),
+            lease: Some("10.0.1.2".parse().unwrap()),
         }
     }
 
@@ -191,6 +240,7 @@ mod tests {
             phase: Phase::Booting("start libvirtd".into()),
             guest: None,
             tap: None,
+            lease: None,
         };
         let kernel = KernelFacts {
             bridge_ports: Err("bridge `virbr0` does not exist in this network namespace".into()),
@@ -200,6 +250,7 @@ mod tests {
                 tcp: [8181, 53].into_iter().collect(),
                 udp: [9080].into_iter().collect(),
             }),
+            guest_neighbor: Some(Ok(None)),
         };
         let f = failures(&expect(), &reported, Some(&kernel));
         assert_eq!(
@@ -210,6 +261,7 @@ mod tests {
                 "tap: no guest tap attached to virbr0 yet",
                 "firewall: table inet vmpod is missing",
                 "route: policy routing is incomplete, want: ip rule add fwmark 0x4000/0x4000 lookup 4000 priority 32000; ip route add local 0.0.0.0/0 dev lo table 4000",
+                "address: the guest has no DHCP lease for 10.0.1.2 yet, and 10.0.1.2 does not answer from 52:54:00:f2:3e:a1 on virbr0",
                 "listener egress: nothing listens on TCP port 9401",
                 "listener ingress/http: nothing listens on TCP port 9080",
                 "listener ingress/dns: no socket is bound to UDP port 53",
@@ -231,6 +283,35 @@ mod tests {
                 "tap: vnet0 is not a port of bridge virbr0"
             ]
         );
+    }
+
+    #[test]
+    fn the_address_is_held_by_a_lease_or_by_the_guest_answering_from_its_mac() {
+        let mut unleased = running();
+        unleased.lease = None;
+        let mut kernel = healthy_kernel();
+        let f = failures(&expect(), &unleased, Some(&kernel));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("address: the guest has no DHCP lease"),
+            "{f:?}"
+        );
+        // A static guest: seen on the bridge from its own MAC.
+        kernel.guest_neighbor = Some(Ok(Some("52:54:00:f2:3e:a1".into())));
+        assert!(failures(&expect(), &unleased, Some(&kernel)).is_empty());
+        // Another host answering for the address is not the guest.
+        kernel.guest_neighbor = Some(Ok(Some("52:54:00:00:00:01".into())));
+        let mut e = expect();
+        e.address.as_mut().unwrap().dhcp = false;
+        assert_eq!(
+            failures(&e, &unleased, Some(&kernel)),
+            [
+                "address: 10.0.1.2 does not answer from 52:54:00:f2:3e:a1 on virbr0 (10.0.1.2 answers from 52:54:00:00:00:01)"
+            ]
+        );
+        // A lease for another address does not count.
+        unleased.lease = Some("10.0.1.9".parse().unwrap());
+        assert_eq!(failures(&e, &unleased, Some(&kernel)).len(), 1);
     }
 
     #[test]

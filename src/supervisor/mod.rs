@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::addressing::GuestServices;
 use crate::config::{RestartPolicy, VmConfig};
 use crate::consoles::Secret;
 use crate::health::{self, Health};
@@ -46,7 +47,7 @@ pub enum SupervisorError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
     #[error("cannot render the plan: {0}")]
-    Render(#[from] crate::libvirt::domain::DomainError),
+    Render(#[from] crate::plan::PlanError),
     #[error("cannot write {path}: {source}")]
     WriteConfig {
         path: String,
@@ -60,6 +61,8 @@ pub enum SupervisorError {
     Network(#[from] SetupError),
     #[error(transparent)]
     Listen(#[from] crate::relay::running::ListenError),
+    #[error(transparent)]
+    GuestServices(#[from] crate::addressing::ServiceError),
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -91,6 +94,8 @@ struct Supervisor<G, N, D> {
     network: N,
     daemons: D,
     relays: Option<Relays>,
+    /// The DHCP server and DNS forwarder.
+    services: Option<GuestServices>,
     tap: Option<String>,
     started: Instant,
     /// What the health endpoint serves; updated at every step below.
@@ -152,6 +157,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         },
         plan,
         relays: None,
+        services: None,
         tap: None,
         started,
         health,
@@ -233,6 +239,13 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
     async fn boot(&mut self, events: mpsc::Sender<DaemonEvent>) -> Result<(), SupervisorError> {
         self.daemons.start(&self.health, events).await?;
         step(&self.health, "create bridge", self.network.create_bridge()).await?;
+        // Before the guest starts, so that its first DISCOVER is answered.
+        let services = step(&self.health, "start DHCP and DNS", async {
+            GuestServices::start(&self.plan.addressing)
+        })
+        .await?;
+        self.health.guest_services(&services);
+        self.services = Some(services);
         let defined = step(
             &self.health,
             "define domain",
@@ -394,6 +407,9 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         }
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
             self.stop_guest(self.lifecycle.shutdown_grace).await;
+        }
+        if let Some(services) = self.services.take() {
+            services.stop().await;
         }
         let errors = self.network.teardown().await;
         self.daemons.stop_all().await;

@@ -196,7 +196,8 @@ struct Run {
 /// A supervisor over fakes, running on its own task. Kernel egress and no
 /// ingress: the relays open no socket.
 fn start(world: Shared, restart: RestartPolicy) -> Run {
-    let yaml = "name: fake\nboot:\n  kernel: /k\nnetwork:\n  egress:\n    mode: kernel\n";
+    // No DHCP server or DNS forwarder either: they would bind real sockets.
+    let yaml = "name: fake\nboot:\n  kernel: /k\nnetwork:\n  dhcp: false\n  dns: [10.96.0.10]\n  egress:\n    mode: kernel\n";
     let config = load("<test>", yaml, FileChecks::Warn).unwrap().config;
     let plan = Plan::build(&config, &HostFacts::fixed(), None).unwrap();
     let health = Health::new(&plan, Instant::now());
@@ -210,6 +211,7 @@ fn start(world: Shared, restart: RestartPolicy) -> Run {
         network: FakeNetwork(world.clone()),
         daemons: FakeDaemons(world.clone()),
         relays: None,
+        services: None,
         tap: None,
         started: Instant::now(),
         health: health.clone(),

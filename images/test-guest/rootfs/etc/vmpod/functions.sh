@@ -26,10 +26,21 @@ is_true() {
 # The guest's current IPv4 address (set by rc or the udhcpc script).
 current_ip() { cat /run/vmpod/ip 2>/dev/null; }
 
+# True when a Router Advertisement gave the guest an IPv6 default route (via
+# the router's link-local address; rc sets no IPv6 route itself). busybox ip
+# prints no "proto ra", hence the fe80: test.
+ipv6_router() {
+    ip -6 route show default dev "$VMPOD_IFACE" 2>/dev/null | grep -q '^default via fe80:'
+}
+
+# The guest's current DHCPv6 address (set by the dhclient -6 script), if any.
+current_ip6() { cat /run/vmpod/ip6 2>/dev/null; }
+
 # (Re)writes the identity line that httpd serves on /.
 write_identity() {
     name=$(vmpod_param name)
     [ -n "$name" ] || name=$(hostname)
-    echo "vmpod-test-guest name=$name ip=$(current_ip)" >/www/index.html.tmp &&
+    ip6=$(current_ip6)
+    echo "vmpod-test-guest name=$name ip=$(current_ip)${ip6:+ ip6=$ip6}" >/www/index.html.tmp &&
         mv /www/index.html.tmp /www/index.html
 }

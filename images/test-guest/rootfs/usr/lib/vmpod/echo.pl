@@ -8,15 +8,32 @@ my ($mode, $port) = @ARGV;
 die "usage: echo.pl tcp|udp|discard PORT\n" unless $mode && $port;
 
 # Linux x86-64 constants (the Socket module is not in the guest).
-my ($AF_INET, $SOCK_STREAM, $SOCK_DGRAM) = (2, 1, 2);
+my ($AF_INET, $AF_INET6, $SOCK_STREAM, $SOCK_DGRAM) = (2, 10, 1, 2);
 my ($SOL_SOCKET, $SO_REUSEADDR) = (1, 2);
-my $any = pack('S n a4 x8', $AF_INET, $port, "\0\0\0\0");
+my ($IPPROTO_IPV6, $IPV6_V6ONLY) = (41, 26);
 $| = 1;
 
-if ($mode eq 'udp') {
-    socket(my $s, $AF_INET, $SOCK_DGRAM, 17) or die "echo udp: socket: $!\n";
+# A socket on [::]:PORT that takes IPv4 too (IPV6_V6ONLY off), or on
+# 0.0.0.0:PORT when the kernel has no IPv6.
+sub bound {
+    my ($type, $proto) = @_;
+    my $s;
+    if (socket($s, $AF_INET6, $type, $proto)) {
+        setsockopt($s, $IPPROTO_IPV6, $IPV6_V6ONLY, pack('i', 0));
+        setsockopt($s, $SOL_SOCKET, $SO_REUSEADDR, pack('i', 1));
+        # sockaddr_in6: family, port, flow info, address, scope id.
+        return $s if bind($s, pack('S n N a16 L', $AF_INET6, $port, 0, "\0" x 16, 0));
+        close($s);
+    }
+    socket($s, $AF_INET, $type, $proto) or die "echo $mode: socket: $!\n";
     setsockopt($s, $SOL_SOCKET, $SO_REUSEADDR, pack('i', 1));
-    bind($s, $any) or die "echo udp: bind port $port: $!\n";
+    bind($s, pack('S n a4 x8', $AF_INET, $port, "\0\0\0\0"))
+        or die "echo $mode: bind port $port: $!\n";
+    return $s;
+}
+
+if ($mode eq 'udp') {
+    my $s = bound($SOCK_DGRAM, 17);
     print STDERR "vmpod-guest: udp echo on port $port\n";
     while (1) {
         my $buf = '';
@@ -27,9 +44,7 @@ if ($mode eq 'udp') {
 }
 
 die "echo.pl: unknown mode $mode\n" unless $mode eq 'tcp' || $mode eq 'discard';
-socket(my $l, $AF_INET, $SOCK_STREAM, 6) or die "echo $mode: socket: $!\n";
-setsockopt($l, $SOL_SOCKET, $SO_REUSEADDR, pack('i', 1));
-bind($l, $any) or die "echo $mode: bind port $port: $!\n";
+my $l = bound($SOCK_STREAM, 6);
 listen($l, 1024) or die "echo $mode: listen: $!\n";
 $SIG{CHLD} = 'IGNORE';    # the kernel reaps the per-connection children
 print STDERR "vmpod-guest: tcp " . ($mode eq "tcp" ? "echo" : $mode) . " on port $port\n";
