@@ -2,6 +2,7 @@
 //! first-class member of the pod's service mesh.
 
 pub mod addressing;
+pub mod cloudinit;
 pub mod config;
 pub mod consoles;
 pub mod dhcp;

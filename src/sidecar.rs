@@ -1,5 +1,5 @@
-//! What the pod's Istio sidecar must be told so that vmpod's data paths
-//! work beside it: pod annotations, each with the reason, for
+//! What the pod's Istio sidecar may be told about vmpod: pod annotations,
+//! each with the reason and whether it is needed, for
 //! `vmpod render --what sidecar`.
 //!
 //! Istio's init container (or CNI plugin) installs nat rules in the pod's
@@ -7,11 +7,14 @@
 //! port 15006, OUTPUT sends every outbound one to 15001. Guest packets
 //! enter through the bridge, so PREROUTING would treat the guest's egress as
 //! inbound traffic; and vmpod's ingress forwarder connects to the guest, so
-//! OUTPUT would treat ingress as an outbound call. vmpod's table cannot
-//! prevent either (an `accept` in one nft table does not stop another
-//! table's chain on the same hook): the exclusions belong to the sidecar.
+//! OUTPUT would treat ingress as an outbound call. vmpod's table prevents
+//! both by binding the NAT of those connections in nat chains that run
+//! before Istio's (see `net::firewall`), so the bridge annotations are
+//! optional: they keep Istio's chains off the bridge altogether. Only the
+//! console ports need one, and only under STRICT mTLS.
 //! tests/sidecar_interop.rs turns these annotations into Istio's rules and
-//! checks each data path against a stand-in for Envoy.
+//! checks each data path with and without them against a stand-in for
+//! Envoy; tests/mesh_matrix.rs does it for every mesh with none at all.
 
 use std::fmt;
 
@@ -28,6 +31,8 @@ pub struct Annotation {
     pub key: &'static str,
     pub value: String,
     pub why: String,
+    /// Whether a data path breaks without it.
+    pub needed: bool,
 }
 
 /// The annotations for one VM's pod.
@@ -54,42 +59,31 @@ pub fn plan(config: &VmConfig) -> SidecarPlan {
     let bridge = &net.bridge;
     let mut annotations = Vec::new();
     if net.egress.mode.uses_proxy() {
-        let capture = if net.egress.mode == EgressMode::Tproxy {
-            "rewrites the destination of the guest's TCP after TPROXY chose vmpod's \
-             listener, and the guest's connections are reset in the handshake"
-        } else {
-            "sends the guest's TCP to Envoy's inbound port 15006 instead of vmpod's egress \
-             proxy whenever Istio's nat chain runs before vmpod's (same hook, same \
-             priority: the order is an accident of which was installed last)"
-        };
         annotations.push(Annotation {
             key: EXCLUDE_INTERFACES,
             value: bridge.to_string(),
             why: format!(
                 "Guest packets enter the pod on {bridge}; vmpod's egress proxy hands the \
-                 guest's TCP to Envoy's outbound port 15001 as connections of the pod. \
-                 Without this, Istio's PREROUTING capture {capture}; and Istio's OUTPUT \
-                 capture takes vmpod's ingress connections to the guest for outbound calls \
-                 of the pod."
+                 guest's TCP to Envoy's outbound port 15001 as connections of the pod. vmpod's \
+                 table already binds the guest's connections (and its own to the guest) \
+                 before Istio's nat chains run, so Istio's capture never takes them; this \
+                 keeps Istio's chains off {bridge} altogether."
             ),
+            needed: false,
         });
     } else {
         annotations.push(Annotation {
-            key: REROUTE_VIRTUAL_INTERFACES,
-            value: bridge.to_string(),
-            why: format!(
-                "Kernel egress mode has no proxy hop that Istio's OUTPUT capture would see: \
-                 this makes Istio send TCP entering on {bridge} to Envoy's outbound port \
-                 15001 (before Istio 1.25 the annotation is \
-                 traffic.sidecar.istio.io/kubevirtInterfaces)."
-            ),
-        });
-        annotations.push(Annotation {
             key: EXCLUDE_OUTBOUND_IP_RANGES,
             value: net.gateway.trunc().to_string(),
-            why: "vmpod's ingress forwarder connects to the guest; without this, Istio's \
-                  OUTPUT capture takes those connections for outbound calls of the pod."
-                .into(),
+            why: format!(
+                "Kernel egress mode forwards the guest's packets, and they bypass the mesh \
+                 (vmpod's table binds their NAT before Istio's REDIRECT, so \
+                 {REROUTE_VIRTUAL_INTERFACES} has no effect): use egress mode tproxy or \
+                 redirect for the mesh to see the guest. vmpod's ingress forwarder connects \
+                 to the guest; vmpod's table keeps Istio's OUTPUT capture off those \
+                 connections already, this keeps Istio's chains off them altogether."
+            ),
+            needed: false,
         });
     }
     let mut console_ports = Vec::new();
@@ -111,6 +105,7 @@ pub fn plan(config: &VmConfig) -> SidecarPlan {
                   authenticate to the console itself (password, SASL); under STRICT mTLS \
                   Envoy would refuse their plain TCP."
                 .into(),
+            needed: true,
         });
     }
     SidecarPlan {
@@ -149,11 +144,17 @@ impl fmt::Display for SidecarPlan {
         )?;
         writeln!(
             f,
-            "# Put them under the pod template's metadata.annotations."
+            "# vmpod's data paths need no annotation in any mesh; those marked optional"
         )?;
+        writeln!(
+            f,
+            "# only keep Istio's rules off vmpod's bridge. Put the ones you want under the"
+        )?;
+        writeln!(f, "# pod template's metadata.annotations.")?;
         for a in &self.annotations {
             writeln!(f)?;
-            write!(f, "{}", comment(&a.why, 78))?;
+            let status = if a.needed { "Needed" } else { "Optional" };
+            write!(f, "{}", comment(&format!("{status}. {}", a.why), 78))?;
             writeln!(f, "{}: \"{}\"", a.key, a.value)?;
         }
         Ok(())
@@ -184,11 +185,34 @@ mod tests {
     }
 
     #[test]
-    fn kernel_mode_reroutes_the_bridge_and_excludes_the_guest_subnet() {
+    fn kernel_mode_excludes_the_guest_subnet_and_reroutes_nothing() {
         let p = plan(&config("kernel", ""));
-        assert_eq!(p.get(REROUTE_VIRTUAL_INTERFACES), Some("virbr0"));
+        assert_eq!(p.get(REROUTE_VIRTUAL_INTERFACES), None);
         assert_eq!(p.get(EXCLUDE_OUTBOUND_IP_RANGES), Some("10.0.1.0/24"));
         assert_eq!(p.get(EXCLUDE_INTERFACES), None);
+    }
+
+    #[test]
+    fn only_the_console_ports_are_needed() {
+        let p = plan(&config(
+            "kernel",
+            "consoles:\n  display:\n    port: 5901\n    insecure: true\n",
+        ));
+        let needed: Vec<_> = p
+            .annotations
+            .iter()
+            .filter(|a| a.needed)
+            .map(|a| a.key)
+            .collect();
+        assert_eq!(needed, [EXCLUDE_INBOUND_PORTS]);
+        for mode in ["tproxy", "redirect"] {
+            assert!(
+                plan(&config(mode, ""))
+                    .annotations
+                    .iter()
+                    .all(|a| !a.needed)
+            );
+        }
     }
 
     #[test]

@@ -282,7 +282,9 @@ fn an_occupied_port_fails_naming_the_port_and_field() {
     // Something else of the pod already listens on the ingress port.
     let logs = run_expecting_failure(
         "busyport",
-        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"0.0.0.0\",9080)); s.listen(); time.sleep(600)' &\nsleep 0.5",
+        // Wait until it really listens: python's start-up takes seconds on a
+        // loaded machine, and a fixed sleep raced it.
+        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"0.0.0.0\",9080)); s.listen(); time.sleep(600)' &\nwhile ! ss -Hltn 'sport = :9080' | grep -q .; do sleep 0.1; done",
         &example_config(|t| t),
     );
     assert!(

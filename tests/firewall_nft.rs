@@ -139,8 +139,9 @@ fn applying_over_another_mode_replaces_the_whole_table() {
     assert!(out.contains("chain egress_masquerade"), "{out}");
     assert_eq!(
         count_rules(&out),
-        2,
-        "kernel mode has two rules (masquerade, health guard), the kernel holds:\n{out}"
+        6,
+        "kernel mode has six rules (four identity DNATs that keep a mesh's nat off the guest's \
+         connections, masquerade, health guard), the kernel holds:\n{out}"
     );
 }
 

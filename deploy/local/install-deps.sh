@@ -32,6 +32,12 @@ packages=(
   # crun fails on this machine's hybrid cgroups; debootstrap makes the Debian 12 base image
   # from Debian's packages, since no container registry is reachable
   podman runc debootstrap
+  # images/debian-cloud/build.sh: mmdebstrap builds the Debian cloud guest's tree, qemu-img
+  # turns it into qcow2. qemu-utils must be the version of the installed qemu-system-x86
+  # (Debian 12's 7.2 conflicts with a backported qemu-utils): apt picks the matching one
+  mmdebstrap qemu-utils
+  # tests/cloudinit_seed.rs: isoinfo reads the NoCloud seed ISO back (Joliet names)
+  genisoimage
   # the offline Kubernetes manifest validators below (tests/k8s_manifests.rs): a Python venv
   # for kubernetes-validate, node for the Istio CRD validators
   python3-venv nodejs

@@ -39,7 +39,6 @@ impl ProxySettings {
 
 /// How often "out of file descriptors" may be logged, with a count.
 static ACCEPT_OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
-static CONNECT_OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
 
 /// Decides where an accepted connection goes, or refuses it (with why).
 pub trait Destination: Send + Sync + 'static {
@@ -143,19 +142,20 @@ async fn handle(
             s
         }
         Ok(Err(e)) => {
-            RelayStats::add(&stats.upstream_failed, 1);
-            if socket::out_of_fds(&e)
-                && let Some(n) = CONNECT_OUT_OF_FDS.hit()
-            {
-                tracing::warn!(relay = name, %peer, %target, error = %e, reset = n, "out of file descriptors for the upstream connection: clients are reset (raise RLIMIT_NOFILE or lower max_connections)");
-            }
-            tracing::debug!(relay = name, %peer, %target, error = %e, "upstream connect failed");
+            let why = if socket::out_of_fds(&e) {
+                format!(
+                    "{e}: vmpod is out of file descriptors (raise RLIMIT_NOFILE or lower max_connections)"
+                )
+            } else {
+                e.to_string()
+            };
+            upstream_failed(name, stats, peer, target, &why);
             socket::abort(client);
             return;
         }
         Err(_) => {
-            RelayStats::add(&stats.upstream_failed, 1);
-            tracing::debug!(relay = name, %peer, %target, "upstream connect timed out");
+            let why = format!("no answer within {:?}", settings.connect_timeout);
+            upstream_failed(name, stats, peer, target, &why);
             socket::abort(client);
             return;
         }
@@ -180,6 +180,33 @@ async fn handle(
     )
     .await;
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
+}
+
+/// Counts a connection whose upstream (the guest, for ingress) refused or
+/// did not answer, and says so in the log, at most once per interval: a
+/// guest whose service is down shows as one line, not one per client.
+fn upstream_failed(
+    name: &'static str,
+    stats: &RelayStats,
+    peer: SocketAddr,
+    target: SocketAddr,
+    why: &str,
+) {
+    RelayStats::add(&stats.upstream_failed, 1);
+    match stats.upstream_log.admit(std::time::Instant::now()) {
+        Some(held_back) => tracing::warn!(
+            relay = name,
+            %peer,
+            %target,
+            port = target.port(),
+            reason = why,
+            similar_not_logged = held_back,
+            "cannot connect upstream: the client is reset"
+        ),
+        None => {
+            tracing::debug!(relay = name, %peer, %target, reason = why, "upstream connect failed")
+        }
+    }
 }
 
 /// The header goes out alone, before the pump forwards any client byte.

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::log_gate::LogGate;
+
 #[derive(Debug, Default)]
 pub struct RelayStats {
     pub accepted: AtomicU64,
@@ -18,6 +20,8 @@ pub struct RelayStats {
     pub bytes_out: AtomicU64,
     /// Bytes from the upstream back.
     pub bytes_in: AtomicU64,
+    /// Keeps the upstream-failure warning to one line per interval.
+    pub upstream_log: LogGate,
 }
 
 impl RelayStats {

@@ -10,13 +10,29 @@
 //!
 //! What the table does, per egress mode (S = guest subnet, B = bridge):
 //! - `tproxy`: guest TCP from S to a non-local destination is handed to the
-//!   transparent egress listener by `tproxy` at mangle priority and marked;
+//!   transparent egress listener by `tproxy` just after mangle priority (after
+//!   a mesh's own TPROXY, which it overrides) and marked;
 //!   packets of connections the listener already holds (`socket
 //!   transparent 1`) get the same mark. The policy route `fwmark M lookup T`
 //!   with a `local` default route in T is set up by rtnetlink, not here.
-//! - `redirect`: guest TCP is `redirect`ed to the listener in nat prerouting;
-//!   the listener reads the original destination with SO_ORIGINAL_DST.
+//! - `redirect`: guest TCP is `redirect`ed to the listener in nat prerouting
+//!   (`guest_nat_first`); the listener reads the original destination with
+//!   SO_ORIGINAL_DST.
 //! - `kernel`: no proxy chain; guest traffic is forwarded and masqueraded.
+//!
+//! Any mesh, no annotation: a mesh captures the pod's *inbound* TCP with a
+//! nat REDIRECT in prerouting (Istio sidecar and ambient to 15006, Linkerd
+//! to 4143) and its outbound TCP with one in output. The guest's packets
+//! arrive in prerouting, and vmpod's hop to the guest leaves through output,
+//! so both would be captured. The kernel binds a connection's NAT once, at
+//! its first packet, running the nat chains of all tables at a hook in
+//! priority order and skipping the rest once one has bound it. So
+//! `guest_nat_first` (prerouting, dstnat - 10) binds every new connection
+//! from B (redirect mode's redirect, else an identity DNAT to its own
+//! destination) and `pod_to_guest_nat_first` (output, -110) binds every new
+//! connection to B; the meshes' chains (iptables-nft and istio-nftables use
+//! -100) never see them. The relays' upstream connections are ordinary
+//! connections of the pod and stay the mesh's to capture.
 //!
 //! Ingress ports in `mode: dnat` are forwarded by the kernel: DNAT to the
 //! guest for traffic arriving at a pod address (`ingress_dnat`) and for

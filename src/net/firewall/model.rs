@@ -42,6 +42,14 @@ pub enum Hook {
 pub enum Priority {
     /// -150: before conntrack's NAT, where TPROXY must run.
     Mangle,
+    /// -140: just after other tables' mangle chains (a mesh's TPROXY), so
+    /// that vmpod's TPROXY decides last which socket gets the packet.
+    AfterMangle,
+    /// -110 for nat chains: NAT is bound once per connection and the nat
+    /// chains of every table at a hook run in priority order until one
+    /// binds, so a nat chain here binds before any mesh's (iptables-nft
+    /// and istio-nftables register theirs at -100).
+    BeforeDstNat,
     /// -100: destination NAT.
     DstNat,
     /// -90 in prerouting: destination NAT after other tables' (a sidecar's).
@@ -145,4 +153,8 @@ pub enum Action {
     Dnat(SocketAddr),
     /// `snat ip to A` (or `ip6`).
     Snat(IpAddr),
+    /// `dnat ip to ip daddr` (or `ip6`): an identity DNAT. It rewrites
+    /// nothing, but it binds the connection's destination NAT, and the
+    /// kernel runs no later nat chain for a connection already bound.
+    DnatToOwnDestination(IpFamily),
 }

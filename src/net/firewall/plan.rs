@@ -40,7 +40,12 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             name: "egress_tproxy",
             kind: ChainType::Filter,
             hook: Hook::Prerouting,
-            priority: Priority::Mangle,
+            // After the mesh's own mangle chains: a mesh that intercepts
+            // inbound TCP with TPROXY (Istio's TPROXY mode) hands the
+            // guest's SYN to its proxy there, and an `accept` in another
+            // table cannot stop it; running after it, vmpod's TPROXY
+            // re-assigns the packet's socket and has the last word.
+            priority: Priority::AfterMangle,
             rules: [
                 Some(Rule {
                     // Not the first SYN: when the guest reuses a source
@@ -83,28 +88,30 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             .flatten()
             .collect(),
         }),
-        EgressMode::Redirect => chains.push(Chain {
-            name: "egress_redirect",
-            kind: ChainType::Nat,
-            hook: Hook::Prerouting,
-            priority: Priority::DstNat,
-            rules: [
-                guest.exclusions_return(&exclude),
-                Some(Rule {
-                    matches: guest.new_tcp(),
-                    actions: vec![Action::Redirect(egress.listen_port)],
-                    comment: format!(
-                        "new guest TCP connection: to the egress proxy on port {}",
-                        egress.listen_port
-                    ),
-                }),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        }),
-        EgressMode::Kernel => {}
+        EgressMode::Redirect | EgressMode::Kernel => {}
     }
+    chains.push(Chain {
+        name: "guest_nat_first",
+        kind: ChainType::Nat,
+        hook: Hook::Prerouting,
+        priority: Priority::BeforeDstNat,
+        rules: guest_nat_first(config, &guest, &exclude),
+    });
+    chains.push(Chain {
+        name: "pod_to_guest_nat_first",
+        kind: ChainType::Nat,
+        hook: Hook::Output,
+        // nft has no name for this priority in the output hook.
+        priority: Priority::Number(-110),
+        rules: [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .map(|family| Rule {
+                matches: vec![Match::OutInterface(net.bridge.clone())],
+                actions: vec![Action::DnatToOwnDestination(family)],
+                comment: "the pod's connection to the guest stays inside the pod: bound here, no mesh captures it as outbound".into(),
+            })
+            .collect(),
+    });
 
     let udp = egress.udp == UdpEgress::Masquerade;
     let masquerade = if egress.mode.uses_proxy() {
@@ -170,6 +177,48 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
     }
 
     FirewallPlan { chains }
+}
+
+/// The rules of `guest_nat_first`: every new connection from the bridge
+/// gets its NAT binding here, before any mesh's nat chain can bind it.
+/// Meshes capture *inbound* traffic with a nat REDIRECT in prerouting
+/// (Istio's to 15006, ambient's, Linkerd's to 4143); the guest's
+/// connections are no inbound traffic of the pod, and the first binding
+/// wins. In redirect mode the binding is the redirect to the egress
+/// listener; everything else gets an identity DNAT (the destination it
+/// already has).
+fn guest_nat_first(config: &VmConfig, guest: &Guest, exclude: &[IpNet]) -> Vec<Rule> {
+    let egress = &config.network.egress;
+    let mut rules = Vec::new();
+    if egress.mode == EgressMode::Redirect {
+        if !exclude.is_empty() {
+            rules.push(Rule {
+                matches: vec![
+                    Match::InInterface(guest.bridge.clone()),
+                    Match::Source(guest.subnet),
+                    Match::DestinationIn(guest.family, exclude.to_vec()),
+                ],
+                actions: vec![Action::DnatToOwnDestination(guest.family)],
+                comment: "excluded destination: not proxied, the kernel forwards it".into(),
+            });
+        }
+        rules.push(Rule {
+            matches: guest.new_tcp(),
+            actions: vec![Action::Redirect(egress.listen_port)],
+            comment: format!(
+                "new guest TCP connection: to the egress proxy on port {}",
+                egress.listen_port
+            ),
+        });
+    }
+    for family in [IpFamily::V4, IpFamily::V6] {
+        rules.push(Rule {
+            matches: vec![Match::InInterface(guest.bridge.clone())],
+            actions: vec![Action::DnatToOwnDestination(family)],
+            comment: "new connection from the guest: NAT bound to its own destination, so no mesh redirects it to its inbound port".into(),
+        });
+    }
+    rules
 }
 
 /// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).

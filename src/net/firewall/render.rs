@@ -66,6 +66,8 @@ impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Priority::Mangle => "mangle",
+            Priority::AfterMangle => "mangle + 10",
+            Priority::BeforeDstNat => "dstnat - 10",
             Priority::DstNat => "dstnat",
             Priority::AfterDstNat => "dstnat + 10",
             Priority::Number(n) => return write!(f, "{n}"),
@@ -223,6 +225,7 @@ impl fmt::Display for Action {
             }
             Action::Snat(IpAddr::V4(to)) => write!(f, "snat ip to {to}"),
             Action::Snat(IpAddr::V6(to)) => write!(f, "snat ip6 to {to}"),
+            Action::DnatToOwnDestination(family) => write!(f, "dnat {family} to {family} daddr"),
         }
     }
 }

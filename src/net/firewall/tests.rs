@@ -14,6 +14,10 @@ fn script(yaml: &str) -> String {
     plan(&config(yaml)).script()
 }
 
+fn bridge(name: &str) -> crate::config::IfName {
+    crate::config::IfName::new(name).unwrap()
+}
+
 fn chain<'a>(p: &'a FirewallPlan, name: &str) -> Option<&'a Chain> {
     p.chains.iter().find(|c| c.name == name)
 }
@@ -55,14 +59,23 @@ fn tproxy_mode() {
     let p = plan(&config(""));
     let s = p.script();
     let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
-    assert_eq!(names, ["egress_tproxy", "egress_masquerade", "guest_input"]);
-    assert!(s.contains("type filter hook prerouting priority mangle; policy accept;"));
+    assert_eq!(
+        names,
+        [
+            "egress_tproxy",
+            "guest_nat_first",
+            "pod_to_guest_nat_first",
+            "egress_masquerade",
+            "guest_input"
+        ]
+    );
+    assert!(s.contains("type filter hook prerouting priority mangle + 10; policy accept;"));
     assert!(s.contains(SOCKET_RULE), "{s}");
     assert!(s.contains(TPROXY_RULE), "{s}");
     assert!(s.contains(UDP_MASQ), "{s}");
     assert!(s.contains(ICMP_MASQ), "{s}");
     assert!(!s.contains("return"), "no exclusions, no return: {s}");
-    assert!(!s.contains("redirect"), "{s}");
+    assert!(!s.contains("redirect to"), "{s}");
     // The socket rule comes first: established connections must not
     // be sent through tproxy again.
     let t = chain(&p, "egress_tproxy").unwrap();
@@ -72,8 +85,8 @@ fn tproxy_mode() {
 #[test]
 fn redirect_mode() {
     let s = script("network:\n  egress:\n    mode: redirect\n");
-    assert!(s.contains("chain egress_redirect {"), "{s}");
-    assert!(s.contains("type nat hook prerouting priority dstnat; policy accept;"));
+    assert!(s.contains("chain guest_nat_first {"), "{s}");
+    assert!(s.contains("type nat hook prerouting priority dstnat - 10; policy accept;"));
     assert!(s.contains(REDIRECT_RULE), "{s}");
     assert!(!s.contains("tproxy"), "{s}");
     assert!(!s.contains("socket"), "{s}");
@@ -87,13 +100,22 @@ fn kernel_mode_masquerades_everything() {
     let p = plan(&config("network:\n  egress:\n    mode: kernel\n"));
     let s = p.script();
     let names: Vec<_> = p.chains.iter().map(|c| c.name).collect();
-    assert_eq!(names, ["egress_masquerade", "guest_input"], "{s}");
+    assert_eq!(
+        names,
+        [
+            "guest_nat_first",
+            "pod_to_guest_nat_first",
+            "egress_masquerade",
+            "guest_input"
+        ],
+        "{s}"
+    );
     assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
     assert!(
         s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
         "{s}"
     );
-    for absent in ["tproxy", "redirect", "socket", "mark", "l4proto"] {
+    for absent in ["tproxy", "redirect to", "socket", "mark", "l4proto"] {
         assert!(!s.contains(absent), "{absent} in {s}");
     }
 }
@@ -127,9 +149,16 @@ fn exclusions_return_before_the_proxy_and_are_masqueraded() {
         let s = p.script();
         // Sorted and merged: 10.100.0.0/16 lies inside 10.96.0.0/12.
         let set = "ip daddr { 10.96.0.0/12, 169.254.169.254 }";
+        // In redirect mode an excluded destination must get its NAT
+        // binding in vmpod's chain, not fall through to a mesh's.
+        let skip = if mode == "tproxy" {
+            "return"
+        } else {
+            "dnat ip to ip daddr"
+        };
         assert!(
             s.contains(&format!(
-                "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} return comment"
+                "iifname \"virbr0\" ip saddr 10.0.1.0/24 {set} {skip} comment"
             )),
             "{mode}: {s}"
         );
@@ -139,11 +168,18 @@ fn exclusions_return_before_the_proxy_and_are_masqueraded() {
             )),
             "{mode}: {s}"
         );
-        let proxy = &p.chains[0];
-        let ret = proxy
-            .rules
-            .iter()
-            .position(|r| r.actions == [Action::Return]);
+        let name = if mode == "tproxy" {
+            "egress_tproxy"
+        } else {
+            "guest_nat_first"
+        };
+        let proxy = chain(&p, name).unwrap();
+        let ret = proxy.rules.iter().position(|r| {
+            r.actions == [Action::Return]
+                || r.matches
+                    .iter()
+                    .any(|m| matches!(m, Match::DestinationIn(..)))
+        });
         let last = proxy.rules.len() - 1;
         assert!(ret.is_some_and(|i| i < last), "{mode}: {s}");
     }
@@ -286,7 +322,7 @@ fn dnat_ports_get_prerouting_output_and_snat_rules() {
 #[test]
 fn no_dnat_port_no_dnat_rules() {
     let s = script("");
-    for absent in ["ingress_dnat", "ct direction", "snat", "dnat"] {
+    for absent in ["ingress_dnat", "ct direction", "snat", "dnat ip to 10"] {
         assert!(!s.contains(absent), "{absent} in {s}");
     }
 }
@@ -343,4 +379,43 @@ fn a_mask_wider_than_the_mark_clears_its_bits_first() {
         2,
         "{s}"
     );
+}
+
+#[test]
+fn every_new_guest_connection_is_nat_bound_before_any_mesh() {
+    for mode in ["tproxy", "redirect", "kernel"] {
+        let p = plan(&config(&format!("network:\n  egress:\n    mode: {mode}\n")));
+        let first = chain(&p, "guest_nat_first").expect("guest_nat_first");
+        assert_eq!(
+            (first.kind, first.hook, first.priority),
+            (ChainType::Nat, Hook::Prerouting, Priority::BeforeDstNat),
+            "{mode}"
+        );
+        // The catch-all identity DNATs come last, one per family, matching
+        // only the bridge: whatever the guest sends, whatever its address.
+        let tail: Vec<_> = first.rules[first.rules.len() - 2..].iter().collect();
+        for (rule, family) in tail.iter().zip([IpFamily::V4, IpFamily::V6]) {
+            assert_eq!(
+                rule.matches,
+                [Match::InInterface(bridge("virbr0"))],
+                "{mode}"
+            );
+            assert_eq!(
+                rule.actions,
+                [Action::DnatToOwnDestination(family)],
+                "{mode}"
+            );
+        }
+        let out = chain(&p, "pod_to_guest_nat_first").expect("pod_to_guest_nat_first");
+        assert_eq!(
+            (out.kind, out.hook, out.priority),
+            (ChainType::Nat, Hook::Output, Priority::Number(-110)),
+            "{mode}"
+        );
+        let s = p.script();
+        assert!(
+            s.contains("\t\toifname \"virbr0\" dnat ip6 to ip6 daddr comment"),
+            "{mode}: {s}"
+        );
+    }
 }

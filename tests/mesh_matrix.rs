@@ -1,0 +1,825 @@
+//! vmpod in a pod of each mesh, with no pod annotation: every mesh × egress
+//! mode. The pod namespace gets the mesh's own capture rules (fixtures in
+//! tests/mesh/, written from each mesh's source, loaded with
+//! `iptables-restore` or `nft -f` before vmpod starts, as the mesh's init
+//! container or CNI plugin does), and a stand-in for the mesh's proxy
+//! (tests/support/mesh_standin.py) runs as the mesh's proxy user and relays
+//! the way that proxy does. vmpod's real network setup and relays run
+//! in-process (tests/support/podnet.rs), with a veth as the guest's tap.
+//!
+//! For every case: the guest's egress reaches the cluster server from the
+//! pod's address, and (in the proxy modes) the mesh's outbound port saw it
+//! with its original destination, as an ordinary outbound call of the pod;
+//! a cluster client's connection to the pod passes the mesh's inbound port
+//! and reaches the guest, and vmpod's hop to the guest is not captured;
+//! both still hold once the mesh's rules are installed again (registered
+//! after vmpod's table); the mesh's tables are the same, byte for byte,
+//! after vmpod starts, reconciles and stops; teardown leaves nothing.
+//! The DNS cases show the guest's queries, through vmpod's forwarder,
+//! answered by the mesh's DNS proxy.
+//!
+//! Needs root, `ip`, `nft`, `iptables-restore` (nf_tables), `setpriv`,
+//! `dig`, /usr/bin/python3.
+
+#[path = "support/podnet.rs"]
+mod podnet;
+mod support;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use podnet::{EXCHANGE_PORT, GATEWAY_IP, GUEST_IP, Ns, PodNet, Servers, config, exchange};
+use support::sandbox::{CLUSTER_IP, POD_IP, output_text, repo_root, require};
+use vmpod::dns::{DnsForwarder, ForwarderConfig};
+use vmpod::relay::stats::RelayStats;
+
+const PYTHON: &str = "/usr/bin/python3";
+/// The pod port the example config forwards to the guest.
+const INGRESS_PORT: u16 = 9080;
+/// A name only the mesh's DNS proxy knows (a ServiceEntry, say).
+const MESH_ONLY_NAME: &str = "payments.mesh-only.internal";
+const MESH_ONLY_ADDR: &str = "10.200.0.7";
+
+/// How a mesh's rules get into the pod.
+#[derive(Clone, Copy)]
+enum Loader {
+    IptablesRestore,
+    NftFile,
+}
+
+/// One mesh as the tests model it.
+struct Mesh {
+    name: &'static str,
+    /// The rule file under tests/mesh/.
+    fixture: &'static str,
+    loader: Loader,
+    /// The tables the mesh owns, as `nft` names them (family, name).
+    tables: &'static [(&'static str, &'static str)],
+    /// The proxy's user; 0 runs it as root (ztunnel sets SO_MARK).
+    uid: u32,
+    /// The proxy needs CAP_NET_ADMIN (a transparent listener).
+    net_admin: bool,
+    outbound: u16,
+    inbound: u16,
+    standin_args: &'static [&'static str],
+    /// Policy routing the mesh sets up besides its rules.
+    routes: &'static [&'static [&'static str]],
+    /// The mesh's DNS proxy port, when its rules capture DNS.
+    dns: Option<u16>,
+}
+
+const ISTIO_IPTABLES: Mesh = Mesh {
+    name: "istio-iptables",
+    fixture: "istio-sidecar-redirect.rules",
+    loader: Loader::IptablesRestore,
+    tables: &[("ip", "raw"), ("ip", "nat")],
+    uid: 1337,
+    net_admin: false,
+    outbound: 15001,
+    inbound: 15006,
+    standin_args: &["--inbound-from", "127.0.0.6"],
+    routes: &[],
+    dns: Some(15053),
+};
+
+const ISTIO_NFTABLES: Mesh = Mesh {
+    name: "istio-nftables",
+    fixture: "istio-sidecar-redirect.nft",
+    loader: Loader::NftFile,
+    tables: &[("inet", "istio-proxy-nat"), ("inet", "istio-proxy-raw")],
+    ..ISTIO_IPTABLES
+};
+
+const ISTIO_TPROXY: Mesh = Mesh {
+    name: "istio-tproxy",
+    fixture: "istio-sidecar-tproxy.rules",
+    tables: &[("ip", "mangle"), ("ip", "nat")],
+    net_admin: true,
+    // Envoy's inbound passthrough in TPROXY mode marks its upstream
+    // sockets 1337, which Istio's mangle rules skip.
+    standin_args: &[
+        "--inbound-tproxy",
+        "--inbound-from",
+        "127.0.0.6",
+        "--inbound-mark",
+        "0x539",
+    ],
+    routes: &[
+        &["ip", "rule", "add", "fwmark", "1337", "lookup", "133"],
+        &[
+            "ip", "route", "add", "local", "default", "dev", "lo", "table", "133",
+        ],
+    ],
+    dns: None,
+    ..ISTIO_IPTABLES
+};
+
+const ISTIO_NFTABLES_TPROXY: Mesh = Mesh {
+    name: "istio-nftables-tproxy",
+    fixture: "istio-sidecar-tproxy.nft",
+    loader: Loader::NftFile,
+    tables: &[("inet", "istio-proxy-nat"), ("inet", "istio-proxy-mangle")],
+    ..ISTIO_TPROXY
+};
+
+const AMBIENT: Mesh = Mesh {
+    name: "istio-ambient",
+    fixture: "istio-ambient.rules",
+    loader: Loader::IptablesRestore,
+    tables: &[("ip", "raw"), ("ip", "mangle"), ("ip", "nat")],
+    uid: 0,
+    net_admin: true,
+    outbound: 15001,
+    inbound: 15006,
+    standin_args: &["--mark", "0x539"],
+    routes: &[],
+    dns: Some(15053),
+};
+
+const LINKERD: Mesh = Mesh {
+    name: "linkerd",
+    fixture: "linkerd.rules",
+    loader: Loader::IptablesRestore,
+    tables: &[("ip", "nat")],
+    uid: 2102,
+    net_admin: false,
+    outbound: 4140,
+    inbound: 4143,
+    standin_args: &[],
+    routes: &[],
+    dns: None,
+};
+
+fn require_tools() {
+    require(&[
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("iptables-restore", "iptables"),
+        ("setpriv", "util-linux"),
+        ("dig", "bind9-dnsutils"),
+    ]);
+    assert!(
+        std::path::Path::new(PYTHON).is_file(),
+        "this test needs {PYTHON} (Debian package python3): the mesh stand-ins run as the \
+         mesh's proxy user and cannot use a python under /root"
+    );
+    let version = output_text(
+        &Command::new("iptables-restore")
+            .arg("--version")
+            .output()
+            .expect("run iptables-restore --version"),
+    );
+    assert!(
+        version.contains("nf_tables"),
+        "iptables must use the nf_tables backend, as the meshes' init containers do on \
+         current distributions (update-alternatives --set iptables /usr/sbin/iptables-nft): \
+         {version}"
+    );
+}
+
+impl Mesh {
+    fn install(&self, pod: &Ns) {
+        let path = repo_root().join("tests/mesh").join(self.fixture);
+        let rules = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let argv: &[&str] = match self.loader {
+            Loader::IptablesRestore => &["iptables-restore"],
+            Loader::NftFile => &["nft", "-f", "-"],
+        };
+        pipe_into(pod, argv, &rules);
+    }
+
+    /// Deletes the mesh's tables and installs its rules again: its nat
+    /// chains are then registered after vmpod's, the state of a pod whose
+    /// mesh rules were re-applied while vmpod runs.
+    fn reinstall(&self, pod: &Ns) {
+        for (family, name) in self.tables {
+            pod.sh(&["nft", "delete", "table", family, name]);
+        }
+        self.install(pod);
+    }
+}
+
+fn pipe_into(ns: &Ns, argv: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {argv:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{argv:?}:\n{}", output_text(&out));
+}
+
+/// The mesh's proxy stand-in: a child process of this test.
+struct Standin {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Standin {
+    fn start(net: &PodNet, mesh: &Mesh) -> Standin {
+        let script = repo_root().join("tests/support/mesh_standin.py");
+        let log = net.sandbox.state.join(format!("{}.log", mesh.name));
+        let uid = mesh.uid.to_string();
+        let (outbound, inbound) = (mesh.outbound.to_string(), mesh.inbound.to_string());
+        let mut argv: Vec<&str> = Vec::new();
+        if mesh.uid != 0 {
+            argv.extend([
+                "setpriv",
+                "--reuid",
+                &uid,
+                "--regid",
+                &uid,
+                "--clear-groups",
+            ]);
+            if mesh.net_admin {
+                argv.extend(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
+            }
+        }
+        argv.extend([PYTHON, "-u", script.to_str().unwrap()]);
+        argv.extend(["--outbound", &outbound, "--inbound", &inbound]);
+        argv.extend(mesh.standin_args);
+        let dns = mesh.dns.map(|p| p.to_string());
+        if let Some(port) = &dns {
+            argv.extend([
+                "--dns",
+                port,
+                "--dns-name",
+                MESH_ONLY_NAME,
+                "--dns-answer",
+                MESH_ONLY_ADDR,
+            ]);
+        }
+        let child = net
+            .pod
+            .command(&argv)
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the mesh stand-in");
+        let standin = Standin { child, log };
+        podnet::wait_until(
+            "the mesh stand-in to listen",
+            Duration::from_secs(10),
+            || standin.log().contains("ready uid=").then_some(()),
+        );
+        standin
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Log lines of connections `port` took from `from` to `to`.
+    fn hops(&self, port: u16, from: &str, to: &str) -> Vec<String> {
+        let (seen, dst) = (format!("{port} {from}:"), format!(" -> {to}: relaying"));
+        self.log()
+            .lines()
+            .filter(|l| l.starts_with(&seen) && l.contains(&dst))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What vmpod must leave as it found it: every table (without counters,
+/// which move with traffic), the policy rules, routes and links.
+fn pod_state(pod: &Ns) -> String {
+    format!(
+        "--- nft -s list ruleset\n{}--- ip rule\n{}--- ip route show table all\n{}--- links\n{}",
+        pod.sh(&["nft", "-s", "list", "ruleset"]),
+        pod.sh(&["ip", "rule"]),
+        // Without link-local routes: the veth's own fe80:: address comes
+        // up whenever its DAD ends, vmpod or not.
+        pod.sh(&["ip", "route", "show", "table", "all"])
+            .lines()
+            .filter(|l| !l.contains("fe80::"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        pod.sh(&["ip", "-br", "link"])
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string() + "\n")
+            .collect::<String>(),
+    )
+}
+
+/// The mesh's own tables as `nft -s` lists them, and as `iptables-save`
+/// shows them to the mesh (without its timestamp and counter noise).
+fn mesh_tables(pod: &Ns, mesh: Option<&Mesh>) -> String {
+    let mut out = String::new();
+    for (family, name) in mesh.map(|m| m.tables).unwrap_or(&[]) {
+        out += &pod.sh(&["nft", "-s", "list", "table", family, name]);
+    }
+    if matches!(mesh.map(|m| m.loader), Some(Loader::IptablesRestore)) {
+        for line in pod.sh(&["iptables-save"]).lines() {
+            if !line.starts_with('#') {
+                out += &strip_counters(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `:CHAIN POLICY [p:b]` → `:CHAIN POLICY`.
+fn strip_counters(line: &str) -> String {
+    match line.rfind(" [") {
+        Some(i) if line.starts_with(':') => line[..i].to_string(),
+        _ => line.to_string(),
+    }
+}
+
+/// A pod of `mesh` (or of none) with vmpod running in `mode`.
+struct Case {
+    mesh: Option<&'static Mesh>,
+    mode: &'static str,
+    net: PodNet,
+    standin: Option<Standin>,
+    servers: Servers,
+    vmpod: Option<podnet::Vmpod>,
+    before_vmpod: String,
+    mesh_before: String,
+}
+
+impl Case {
+    fn start(mesh: Option<&'static Mesh>, mode: &'static str) -> Case {
+        require_tools();
+        let test = format!("mx{}{mode}", mesh.map_or("none", |m| m.name));
+        let net = PodNet::new(&test.replace('-', ""));
+        let standin = mesh.map(|m| {
+            m.install(&net.pod);
+            for argv in m.routes {
+                net.pod.sh(argv);
+            }
+            Standin::start(&net, m)
+        });
+        let servers = Servers::start(&net.cluster, CLUSTER_IP);
+        let before_vmpod = pod_state(&net.pod);
+        let mesh_before = mesh_tables(&net.pod, mesh);
+        let vmpod = Some(net.start_vmpod(config(mode, |t| t)));
+        Case {
+            mesh,
+            mode,
+            net,
+            standin,
+            servers,
+            vmpod,
+            before_vmpod,
+            mesh_before,
+        }
+    }
+
+    fn vmpod(&self) -> &podnet::Vmpod {
+        self.vmpod.as_ref().unwrap()
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "--- case: {} x {}\n--- stand-in log\n{}--- nft -s list ruleset\n{}--- vmpod log\n{}",
+            self.mesh.map_or("no mesh", |m| m.name),
+            self.mode,
+            self.standin.as_ref().map(Standin::log).unwrap_or_default(),
+            self.net.pod.sh(&["nft", "-s", "list", "ruleset"]),
+            podnet::logs_of(&self.net.pod),
+        )
+    }
+
+    /// The guest's connection to the cluster server, `round` of them so far.
+    fn check_egress(&self, round: usize) {
+        let to: SocketAddr = format!("{CLUSTER_IP}:{EXCHANGE_PORT}").parse().unwrap();
+        let got = self.net.guest.run(bounded(exchange(to, 1000, 1000)));
+        let report = self.report();
+        got.unwrap_or_else(|e| panic!("guest egress, round {round}: {e}\n{report}"))
+            .assert_intact(1000, 1000);
+        assert_eq!(
+            self.servers.peer_ips(),
+            vec![POD_IP.to_string(); round],
+            "the cluster server must see the pod's address:\n{report}"
+        );
+        let dst = format!("{CLUSTER_IP}:{EXCHANGE_PORT}");
+        if self.mode != "kernel" {
+            assert_eq!(
+                RelayStats::get(&self.vmpod().relays().egress.accepted),
+                round as u64,
+                "vmpod's egress relay must hold the guest's connection:\n{report}"
+            );
+        }
+        let (Some(mesh), Some(standin)) = (self.mesh, &self.standin) else {
+            return;
+        };
+        // In the proxy modes the mesh sees vmpod's upstream connection, an
+        // outbound call of the pod to the guest's original destination. In
+        // kernel mode the guest's packets are forwarded and bypass it.
+        let outbound = standin.hops(mesh.outbound, POD_IP, &dst);
+        let expected = if self.mode == "kernel" { 0 } else { round };
+        assert_eq!(
+            outbound.len(),
+            expected,
+            "round {round}: the mesh's outbound port {}:\n{report}",
+            mesh.outbound
+        );
+        assert!(
+            !standin.log().contains(&format!(" {GUEST_IP}:")),
+            "the guest's connection must never reach the mesh's inbound port:\n{report}"
+        );
+    }
+
+    /// Cluster client → pod port → the mesh's inbound port → vmpod's
+    /// ingress forwarder → the guest; `round` connections so far.
+    fn check_ingress(&self, guest_server: &Servers, round: usize) {
+        let to: SocketAddr = format!("{POD_IP}:{INGRESS_PORT}").parse().unwrap();
+        let got = self.net.cluster.run(bounded(exchange(to, 1000, 1000)));
+        let report = self.report();
+        got.unwrap_or_else(|e| panic!("ingress, round {round}: {e}\n{report}"))
+            .assert_intact(1000, 1000);
+        assert_eq!(
+            guest_server.peer_ips(),
+            vec![GATEWAY_IP.to_string(); round],
+            "vmpod's forwarder must make the hop to the guest:\n{report}"
+        );
+        assert_eq!(
+            RelayStats::get(&self.vmpod().relays().ingress[0].1.accepted),
+            round as u64,
+            "{report}"
+        );
+        let (Some(mesh), Some(standin)) = (self.mesh, &self.standin) else {
+            return;
+        };
+        let inbound = standin.hops(
+            mesh.inbound,
+            CLUSTER_IP,
+            &format!("{POD_IP}:{INGRESS_PORT}"),
+        );
+        assert_eq!(
+            inbound.len(),
+            round,
+            "ingress must pass the mesh's inbound port {}:\n{report}",
+            mesh.inbound
+        );
+        assert!(
+            !standin.log().contains(&format!("-> {GUEST_IP}:")),
+            "vmpod's hop to the guest must not be captured as an outbound call:\n{report}"
+        );
+    }
+
+    /// Stops vmpod; the mesh's tables and everything else are as before.
+    fn finish(mut self) {
+        let report = self.report();
+        let errors = self.net.stop_vmpod(self.vmpod.take().unwrap());
+        assert!(errors.is_empty(), "teardown: {errors:?}\n{report}");
+        assert_eq!(
+            mesh_tables(&self.net.pod, self.mesh),
+            self.mesh_before,
+            "the mesh's tables after vmpod stopped"
+        );
+        assert_eq!(
+            pod_state(&self.net.pod),
+            self.before_vmpod,
+            "teardown must leave nothing of vmpod"
+        );
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Some(v) = self.vmpod.take() {
+            let _ = self.net.stop_vmpod(v);
+        }
+    }
+}
+
+/// Every exchange of the matrix gets at most this long, so a case that
+/// hangs (a SYN dropped, a proxy that never answers) fails in seconds.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+}
+
+fn mesh_case(mesh: Option<&'static Mesh>, mode: &'static str) {
+    let case = Case::start(mesh, mode);
+    let guest_server = Servers::start_exchange_on(&case.net.guest, GUEST_IP, INGRESS_PORT);
+    case.check_egress(1);
+    case.check_ingress(&guest_server, 1);
+    // A reconcile pass runs every second; it must leave the mesh alone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        mesh_tables(&case.net.pod, mesh),
+        case.mesh_before,
+        "the mesh's tables after vmpod started and reconciled:\n{}",
+        case.report()
+    );
+    if let Some(m) = mesh {
+        // Registered after vmpod's table now: the order must not matter.
+        m.reinstall(&case.net.pod);
+        case.check_egress(2);
+        case.check_ingress(&guest_server, 2);
+    }
+    case.finish();
+}
+
+/// A case the design cannot make work; it asserts how it breaks, so a
+/// change that fixes (or worsens) it shows up.
+fn broken_case(mesh: &'static Mesh, mode: &'static str) {
+    let case = Case::start(Some(mesh), mode);
+    let to: SocketAddr = format!("{CLUSTER_IP}:{EXCHANGE_PORT}").parse().unwrap();
+    let got = case.net.guest.run(bounded(exchange(to, 1000, 1000)));
+    let report = case.report();
+    assert!(
+        got.is_err(),
+        "{} x {mode} was expected to break (the mesh's TPROXY hands the guest's SYN to its \
+         inbound proxy, and nat cannot take it back); it works now, move it to the matrix:\n{report}",
+        mesh.name
+    );
+    let standin = case.standin.as_ref().unwrap();
+    assert!(
+        standin
+            .log()
+            .lines()
+            .any(|l| l.starts_with(&format!("{} {GUEST_IP}:", mesh.inbound))),
+        "the guest's connection must end at the mesh's inbound port:\n{report}"
+    );
+    assert!(case.servers.peer_ips().is_empty(), "{report}");
+    case.finish();
+}
+
+// ---- DNS through the mesh -------------------------------------------------
+
+/// The guest asks vmpod's forwarder on the gateway; the forwarder asks the
+/// pod's nameserver (10.89.0.1, where nothing answers) as a pod process,
+/// so the mesh's DNS capture takes the query to its DNS proxy, which alone
+/// knows the name.
+fn dns_case(mesh: &'static Mesh) {
+    let case = Case::start(Some(mesh), "tproxy");
+    let mut config = ForwarderConfig::new(
+        format!("{GATEWAY_IP}:53").parse().unwrap(),
+        vec![format!("{CLUSTER_IP}:53").parse().unwrap()],
+    );
+    config.attempt_timeout = Duration::from_millis(800);
+    let fwd = case
+        .net
+        .pod
+        .run(async move { DnsForwarder::bind(config) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let task = case.net.pod.spawn(fwd.run());
+    for transport in ["+notcp", "+tcp"] {
+        let out = case
+            .net
+            .guest
+            .command(&[
+                "dig",
+                "@10.0.1.1",
+                "+tries=1",
+                "+time=3",
+                "+short",
+                transport,
+                MESH_ONLY_NAME,
+                "A",
+            ])
+            .output()
+            .expect("run dig");
+        let report = case.report();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            MESH_ONLY_ADDR,
+            "dig {transport}: the mesh's DNS proxy must answer the guest:\n{}\n{report}",
+            output_text(&out)
+        );
+        let proto = if transport == "+tcp" { "tcp" } else { "udp" };
+        let standin = case.standin.as_ref().unwrap();
+        assert!(
+            standin
+                .log()
+                .lines()
+                .any(|l| l.starts_with(&format!("dns {proto} "))
+                    && l.ends_with(&format!("{MESH_ONLY_NAME}: answered"))
+                    && !l.contains(GUEST_IP)),
+            "the query must reach the DNS proxy as the pod's own ({proto}):\n{report}"
+        );
+    }
+    task.abort();
+    case.finish();
+}
+
+// ---- the matrix ----------------------------------------------------------
+
+macro_rules! matrix {
+    ($($name:ident: $mesh:expr => $($mode:ident),+;)+) => {
+        $(
+            mod $name {
+                $(
+                    #[test]
+                    fn $mode() {
+                        super::mesh_case($mesh, stringify!($mode));
+                    }
+                )+
+            }
+        )+
+    };
+}
+
+matrix! {
+    no_mesh: None => tproxy, redirect, kernel;
+    istio_iptables: Some(&super::ISTIO_IPTABLES) => tproxy, redirect, kernel;
+    istio_nftables: Some(&super::ISTIO_NFTABLES) => tproxy, redirect, kernel;
+    istio_tproxy: Some(&super::ISTIO_TPROXY) => tproxy;
+    istio_nftables_tproxy: Some(&super::ISTIO_NFTABLES_TPROXY) => tproxy;
+    istio_ambient: Some(&super::AMBIENT) => tproxy, redirect, kernel;
+    linkerd: Some(&super::LINKERD) => tproxy, redirect, kernel;
+}
+
+#[test]
+fn istio_tproxy_breaks_redirect_mode() {
+    broken_case(&ISTIO_TPROXY, "redirect");
+}
+
+#[test]
+fn istio_nftables_tproxy_breaks_redirect_mode() {
+    broken_case(&ISTIO_NFTABLES_TPROXY, "redirect");
+}
+
+#[test]
+fn istio_tproxy_breaks_kernel_mode() {
+    broken_case(&ISTIO_TPROXY, "kernel");
+}
+
+#[test]
+fn dns_through_istio_iptables() {
+    dns_case(&ISTIO_IPTABLES);
+}
+
+#[test]
+fn dns_through_istio_nftables() {
+    dns_case(&ISTIO_NFTABLES);
+}
+
+#[test]
+fn dns_through_istio_ambient() {
+    dns_case(&AMBIENT);
+}
+
+// ---- both IP families --------------------------------------------------
+
+/// Two namespaces made for one test, deleted when dropped.
+struct NsPair {
+    pod: Option<Ns>,
+    guest: Option<Ns>,
+    names: [String; 2],
+}
+
+impl NsPair {
+    fn new(test: &str) -> NsPair {
+        let names = [
+            format!("vt{}-{test}-p", std::process::id()),
+            format!("vt{}-{test}-g", std::process::id()),
+        ];
+        for n in &names {
+            support::sandbox::run_ok(Command::new("ip").args(["netns", "add", n]));
+        }
+        NsPair {
+            pod: Some(Ns::enter(&names[0])),
+            guest: Some(Ns::enter(&names[1])),
+            names,
+        }
+    }
+}
+
+impl Drop for NsPair {
+    fn drop(&mut self) {
+        self.pod.take();
+        self.guest.take();
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Which of the pod's two listeners (the service's port or the mesh's
+/// inbound port) a guest connection to `to` reaches.
+fn reached(guest: &Ns, to: SocketAddr) -> String {
+    guest.run(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(to))
+                .await
+                .unwrap_or_else(|_| panic!("connect {to}: timed out"))
+                .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        got
+    })
+}
+
+/// vmpod's real table for an IPv6 guest, beside a mesh's capture of every
+/// inbound TCP connection (`REDIRECT --to-ports 15006`, with iptables and
+/// ip6tables, installed after vmpod's table): the guest's connections to
+/// the pod reach the port they were made to in both families; without
+/// vmpod's table they reach 15006. The matrix above runs on IPv4 only
+/// (its pod and cluster are IPv4); this is the IPv6 half of the lever.
+#[test]
+fn the_nat_binding_comes_first_in_both_families() {
+    require_tools();
+    let pair = NsPair::new("mx46");
+    let (pod, guest) = (pair.pod.as_ref().unwrap(), pair.guest.as_ref().unwrap());
+    // The pod end is named as the config's bridge: the rules match on it.
+    support::sandbox::run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        "br6",
+        "netns",
+        &pair.names[0],
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &pair.names[1],
+    ]));
+    for (ns, addrs) in [
+        (pod, ["fd00:1::1/64", "10.0.1.1/24"]),
+        (guest, ["fd00:1::2/64", "10.0.1.2/24"]),
+    ] {
+        let dev = if ns.name == pair.names[0] {
+            "br6"
+        } else {
+            "eth0"
+        };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        for a in addrs {
+            ns.sh(&["ip", "addr", "add", a, "dev", dev, "nodad"]);
+        }
+        ns.sh(&["ip", "link", "set", dev, "up"]);
+    }
+    let yaml = "name: t\nboot:\n  kernel: /k\nnetwork:\n  bridge: br6\n  gateway: fd00:1::1/64\n  \
+                guest_ip: fd00:1::2\n  egress:\n    mode: tproxy\n";
+    let config = vmpod::config::load("<test>", yaml, vmpod::config::FileChecks::Warn)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    pipe_into(
+        pod,
+        &["nft", "-f", "-"],
+        &vmpod::net::firewall::plan(&config).script(),
+    );
+    let capture = "*nat\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\nCOMMIT\n";
+    pipe_into(pod, &["iptables-restore"], capture);
+    pipe_into(pod, &["ip6tables-restore"], capture);
+    let servers: Vec<_> = [80u16, 15006]
+        .into_iter()
+        .map(|port| {
+            let l = pod.run(async move {
+                let s = tokio::net::TcpSocket::new_v6().unwrap();
+                s.set_reuseaddr(true).unwrap();
+                s.bind(format!("[::]:{port}").parse().unwrap()).unwrap();
+                s.listen(16).unwrap()
+            });
+            pod.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Ok((mut c, _)) = l.accept().await {
+                    let _ = c.write_all(format!("port {port}").as_bytes()).await;
+                }
+            })
+        })
+        .collect();
+    let v6: SocketAddr = "[fd00:1::1]:80".parse().unwrap();
+    let v4: SocketAddr = "10.0.1.1:80".parse().unwrap();
+    let ruleset = || pod.sh(&["nft", "-s", "list", "ruleset"]);
+    for to in [v6, v4] {
+        assert_eq!(reached(guest, to), "port 80", "{to}:\n{}", ruleset());
+    }
+    pod.sh(&["nft", "delete", "table", "inet", "vmpod"]);
+    for to in [v6, v4] {
+        assert_eq!(
+            reached(guest, to),
+            "port 15006",
+            "{to}: without vmpod's table the mesh's capture applies:\n{}",
+            ruleset()
+        );
+    }
+    for s in servers {
+        s.abort();
+    }
+}
