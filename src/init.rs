@@ -45,6 +45,8 @@ pub enum InitError {
 /// Runs `program args` as the supervisor and returns the exit code vmpod
 /// should exit with.
 pub fn run(program: OsString, args: Vec<OsString>) -> Result<i32, InitError> {
+    // Before the supervisor exists, so it starts with the raised limit.
+    crate::fdlimit::raise_nofile_or_warn();
     if nix::unistd::getpid().as_raw() != 1
         && let Err(error) = nix::sys::prctl::set_child_subreaper(true)
     {

@@ -76,9 +76,8 @@ enum RelayCommand {
         listen: std::net::SocketAddr,
         #[arg(long, value_name = "ADDR:PORT")]
         to: std::net::SocketAddr,
-        /// Connections relayed at once; more are refused with a RST.
-        #[arg(long, default_value_t = 10_000)]
-        max_connections: u32,
+        #[command(flatten)]
+        tuning: RelayTuning,
     },
     /// Relay connections that nftables rules (set up by the caller) divert
     /// to --listen to their original destination.
@@ -87,10 +86,60 @@ enum RelayCommand {
         listen: std::net::SocketAddr,
         #[arg(long, value_enum)]
         mode: RelayMode,
-        /// Connections relayed at once; more are refused with a RST.
-        #[arg(long, default_value_t = 10_000)]
-        max_connections: u32,
+        #[command(flatten)]
+        tuning: RelayTuning,
     },
+}
+
+/// Limits and timeouts of a standalone relay; the defaults are `vmpod run`'s.
+/// Durations as in the config: `90s`, `5m`, `1h`, `250ms`.
+#[derive(clap::Args)]
+struct RelayTuning {
+    /// Connections relayed at once; more are refused with a RST.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: u32,
+    /// A connection with no data either way for this long is reset.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    idle_timeout: config::HumanDuration,
+    /// Time to connect to the upstream before the client is reset.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    connect_timeout: config::HumanDuration,
+    /// Once one direction has closed, the other gets this much longer.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    half_close_timeout: config::HumanDuration,
+    /// TCP keepalive: idle time before the first probe.
+    #[arg(long, value_name = "DURATION", default_value = "300s")]
+    keepalive_idle: config::HumanDuration,
+    /// TCP keepalive: time between probes.
+    #[arg(long, value_name = "DURATION", default_value = "75s")]
+    keepalive_interval: config::HumanDuration,
+    /// TCP keepalive: unanswered probes before the connection is dropped.
+    #[arg(long, value_name = "N", default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=127))]
+    keepalive_count: u32,
+    /// At SIGTERM/SIGINT, connections in flight get this long to finish
+    /// before they are reset.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    drain_timeout: config::HumanDuration,
+}
+
+impl RelayTuning {
+    fn settings(&self) -> vmpod::relay::proxy::ProxySettings {
+        use vmpod::relay::copy::Timeouts;
+        use vmpod::relay::socket::Keepalive;
+        vmpod::relay::proxy::ProxySettings {
+            connect_timeout: self.connect_timeout.0,
+            timeouts: Timeouts {
+                idle: self.idle_timeout.0,
+                half_closed: self.half_close_timeout.0,
+            },
+            keepalive: Keepalive {
+                idle: self.keepalive_idle.0,
+                interval: self.keepalive_interval.0,
+                count: self.keepalive_count,
+            },
+            ..vmpod::relay::standalone::default_settings(self.max_connections)
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -291,25 +340,28 @@ fn report(text: &str) {
 fn relay_standalone(command: RelayCommand) -> ExitCode {
     use vmpod::config::EgressMode;
     use vmpod::relay::standalone::{self, Standalone};
-    let (relay, max_connections) = match command {
-        RelayCommand::Ingress {
-            listen,
-            to,
-            max_connections,
-        } => (Standalone::Ingress { listen, to }, max_connections),
+    let (relay, tuning) = match command {
+        RelayCommand::Ingress { listen, to, tuning } => {
+            (Standalone::Ingress { listen, to }, tuning)
+        }
         RelayCommand::Egress {
             listen,
             mode,
-            max_connections,
+            tuning,
         } => {
             let mode = match mode {
                 RelayMode::Tproxy => EgressMode::Tproxy,
                 RelayMode::Redirect => EgressMode::Redirect,
             };
-            (Standalone::Egress { listen, mode }, max_connections)
+            (Standalone::Egress { listen, mode }, tuning)
         }
     };
-    match standalone::run(relay, max_connections) {
+    vmpod::fdlimit::raise_nofile_or_warn();
+    vmpod::fdlimit::warn_if_over_budget(&[vmpod::fdlimit::Need {
+        what: format!("max_connections {} × 2", tuning.max_connections),
+        fds: 2 * u64::from(tuning.max_connections),
+    }]);
+    match standalone::run(relay, tuning.settings(), tuning.drain_timeout.0) {
         Ok(stats) => {
             tracing::info!(?stats, "relay stopped");
             ExitCode::SUCCESS
@@ -322,6 +374,8 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
 }
 
 fn supervise(config: Option<PathBuf>) -> ExitCode {
+    // Again here: `supervise` may run without `run`'s init.
+    vmpod::fdlimit::raise_nofile_or_warn();
     let loaded = match load(config.as_deref(), FileChecks::Required) {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -20,6 +20,7 @@ use crate::net::setup::{BridgeSpec, NetworkPlan};
 use crate::net::sysctl;
 use crate::relay::copy::Timeouts;
 use crate::relay::proxy::ProxySettings;
+use crate::relay::socket::Keepalive;
 use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan};
 use crate::relay::udp::UdpSettings;
 
@@ -227,6 +228,8 @@ fn egress_settings(config: &VmConfig) -> ProxySettings {
         },
         max_connections: e.max_connections,
         proxy_protocol: None,
+        // Until the config has `network.egress.keepalive`.
+        keepalive: Keepalive::DEFAULT,
     }
 }
 

@@ -5,6 +5,7 @@
 //! Nothing here changes the system; it only checks that named files exist
 //! and that secret files parse (their contents never reach a message).
 
+mod input;
 mod locate;
 mod model;
 mod types;
@@ -16,6 +17,7 @@ use std::path::Path;
 
 use crate::host::HostLimits;
 
+pub use input::MAX_CONFIG_BYTES;
 pub use locate::{FieldLocations, Position};
 pub use model::*;
 pub use types::{Fwmark, IFNAME_MAX_BYTES, ISTIO_MARKS, IfName, MacAddr};
@@ -96,19 +98,21 @@ pub fn load_file(path: &Path, files: FileChecks) -> Result<Loaded, ConfigError> 
 }
 
 /// Read and validate the file at `path`; memory and cpus must also fit
-/// `limits` (what `check`, `render` and `run` detect on the host).
+/// `limits` (what `check`, `render` and `run` detect on the host). The file
+/// must be a regular file of at most [`MAX_CONFIG_BYTES`], refused before
+/// reading otherwise.
 pub fn load_file_on_host(
     path: &Path,
     files: FileChecks,
     limits: &HostLimits,
 ) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = input::read_bounded(path).map_err(|message| ConfigError {
         diagnostics: vec![Diagnostic {
             file: file.clone(),
             position: None,
             field: String::new(),
-            message: format!("cannot read the config file: {e}"),
+            message,
             severity: Severity::Error,
         }],
     })?;

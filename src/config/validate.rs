@@ -100,10 +100,17 @@ impl Validator {
             );
             return false;
         }
-        if path.is_file() {
-            return true;
-        }
-        self.file_problem(field, format!("{what} `{}` does not exist", path.display()));
+        let problem = match std::fs::metadata(path) {
+            Ok(meta) => match super::input::not_regular(&meta) {
+                None => return true,
+                Some(kind) => format!("{what} `{}` is {kind}, not a file", path.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("{what} `{}` does not exist", path.display())
+            }
+            Err(e) => format!("{what} `{}` cannot be inspected: {e}", path.display()),
+        };
+        self.file_problem(field, problem);
         false
     }
 

@@ -9,6 +9,7 @@
 //! when libvirtd hangs, and a hung supervisor loop shows as a stale
 //! heartbeat, which is what liveness is for.
 
+pub mod admission;
 pub mod client;
 pub mod metrics;
 mod probe;

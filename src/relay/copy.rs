@@ -48,6 +48,9 @@ pub enum Ended {
     HalfClosedTimeout,
     /// A read or write failed (a reset, usually): both sides are aborted.
     Failed(io::ErrorKind),
+    /// Cut by the caller (the drain deadline at shutdown): both sides are
+    /// aborted.
+    Cut,
 }
 
 /// When data last moved, in milliseconds since the relay started: one
@@ -77,6 +80,27 @@ pub async fn relay(
     bytes_out: &AtomicU64,
     bytes_in: &AtomicU64,
 ) -> Ended {
+    relay_until(
+        client,
+        upstream,
+        timeouts,
+        bytes_out,
+        bytes_in,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`relay`], cut with a RST on both sides ([`Ended::Cut`]) when `cut`
+/// completes first.
+pub async fn relay_until(
+    client: TcpStream,
+    upstream: TcpStream,
+    timeouts: Timeouts,
+    bytes_out: &AtomicU64,
+    bytes_in: &AtomicU64,
+    cut: impl std::future::Future<Output = ()>,
+) -> Ended {
     // Requests and answers go out as soon as they are written; bulk flows
     // write large chunks, which TCP_NODELAY does not split.
     let _ = client.set_nodelay(true);
@@ -85,7 +109,10 @@ pub async fn relay(
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    let ended = pump_both(&client, &upstream, timeouts, &activity, bytes_out, bytes_in).await;
+    let ended = tokio::select! {
+        ended = pump_both(&client, &upstream, timeouts, &activity, bytes_out, bytes_in) => ended,
+        () = cut => Ended::Cut,
+    };
     if !matches!(ended, Ended::Closed { .. }) {
         // Tell both peers the connection failed: RST, not FIN.
         super::socket::abort(client);

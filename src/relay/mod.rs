@@ -5,6 +5,7 @@
 //! relay alone (`vmpod relay`).
 
 pub mod copy;
+pub mod drain;
 pub mod egress;
 pub mod ingress;
 pub mod log_gate;

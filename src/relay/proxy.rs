@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use super::copy::{self, Timeouts};
+use super::drain::DrainWatch;
 use super::proxy_protocol;
 use super::socket;
 use super::stats::{ActiveGuard, RelayStats};
 use crate::config::ProxyProtocol;
+use crate::ratelimit::RateLimited;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProxySettings {
@@ -23,6 +25,9 @@ pub struct ProxySettings {
     pub max_connections: u32,
     /// A header for the upstream before the client's first byte.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// TCP keepalive on both sockets of every relayed connection (the
+    /// config's `network.egress.keepalive: {idle, interval, count}`).
+    pub keepalive: socket::Keepalive,
 }
 
 impl ProxySettings {
@@ -32,14 +37,17 @@ impl ProxySettings {
     }
 }
 
+/// How often "out of file descriptors" may be logged, with a count.
+static ACCEPT_OUT_OF_FDS: RateLimited = RateLimited::new(Duration::from_secs(10));
+
 /// Decides where an accepted connection goes, or refuses it (with why).
 pub trait Destination: Send + Sync + 'static {
     fn destination(&self, client: &TcpStream) -> Result<SocketAddr, String>;
 }
 
-/// Serves `listener` until `shutdown` turns true, with at most `limit`
-/// connections at once. Connections in flight are left to finish on their
-/// own tasks.
+/// Serves `listener` until `drain` stops accepting, with at most `limit`
+/// connections at once. Connections in flight go on, on their own tasks,
+/// until they end or `drain` cuts them.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -47,20 +55,37 @@ pub async fn serve(
     settings: ProxySettings,
     limit: Arc<Semaphore>,
     stats: Arc<RelayStats>,
-    mut shutdown: watch::Receiver<bool>,
+    drain: DrainWatch,
 ) {
+    let mut stopping = drain.clone();
+    let mut spare = socket::SpareFd::new();
     loop {
         let (client, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
+                Err(e) if socket::out_of_fds(&e) => {
+                    // Reset the pending connection rather than leave it to
+                    // hang in the backlog.
+                    let shed = spare.shed(&listener);
+                    if shed {
+                        RelayStats::add(&stats.refused, 1);
+                    }
+                    if let Some(n) = ACCEPT_OUT_OF_FDS.hit() {
+                        tracing::warn!(relay = name, error = %e, reset = n, "out of file descriptors: new connections are reset (raise RLIMIT_NOFILE or lower max_connections)");
+                    }
+                    if !shed {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // Other accept errors: back off instead of spinning.
                     tracing::warn!(relay = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = stopping.stopped_accepting() => return,
         };
         RelayStats::add(&stats.accepted, 1);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -79,10 +104,11 @@ pub async fn serve(
             }
         };
         let stats = stats.clone();
+        let cut = drain.clone().cut();
         tokio::spawn(async move {
             let _permit = permit;
             let _active = ActiveGuard::new(&stats);
-            handle(name, client, peer, target, settings, &stats).await;
+            handle(name, client, peer, target, settings, &stats, cut).await;
         });
     }
 }
@@ -94,22 +120,46 @@ async fn handle(
     target: SocketAddr,
     settings: ProxySettings,
     stats: &RelayStats,
+    cut: impl std::future::Future<Output = ()>,
 ) {
-    let mut upstream =
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                upstream_failed(name, stats, peer, target, &e.to_string());
-                socket::abort(client);
-                return;
+    let mut cut = std::pin::pin!(cut);
+    if let Err(e) = socket::set_keepalive(&client, &settings.keepalive) {
+        tracing::debug!(relay = name, %peer, error = %e, "cannot set TCP keepalive on the client socket");
+    }
+    let connect = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target));
+    let connected = tokio::select! {
+        r = connect => r,
+        () = &mut cut => {
+            socket::abort(client);
+            return;
+        }
+    };
+    let mut upstream = match connected {
+        Ok(Ok(s)) => {
+            if let Err(e) = socket::set_keepalive(&s, &settings.keepalive) {
+                tracing::debug!(relay = name, %peer, %target, error = %e, "cannot set TCP keepalive on the upstream socket");
             }
-            Err(_) => {
-                let why = format!("no answer within {:?}", settings.connect_timeout);
-                upstream_failed(name, stats, peer, target, &why);
-                socket::abort(client);
-                return;
-            }
-        };
+            s
+        }
+        Ok(Err(e)) => {
+            let why = if socket::out_of_fds(&e) {
+                format!(
+                    "{e}: vmpod is out of file descriptors (raise RLIMIT_NOFILE or lower max_connections)"
+                )
+            } else {
+                e.to_string()
+            };
+            upstream_failed(name, stats, peer, target, &why);
+            socket::abort(client);
+            return;
+        }
+        Err(_) => {
+            let why = format!("no answer within {:?}", settings.connect_timeout);
+            upstream_failed(name, stats, peer, target, &why);
+            socket::abort(client);
+            return;
+        }
+    };
     if let Some(version) = settings.proxy_protocol
         && let Err(e) = send_proxy_header(version, &client, peer, &mut upstream).await
     {
@@ -120,12 +170,13 @@ async fn handle(
         return;
     }
     tracing::debug!(relay = name, %peer, %target, "relaying");
-    let ended = copy::relay(
+    let ended = copy::relay_until(
         client,
         upstream,
         settings.timeouts,
         &stats.bytes_out,
         &stats.bytes_in,
+        cut,
     )
     .await;
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");

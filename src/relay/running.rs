@@ -4,10 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::drain::{self, DrainReport, Drainer};
 use super::egress::EgressDestination;
 use super::ingress::{self, IngressDestination};
 use super::proxy;
@@ -26,8 +28,13 @@ pub struct ListenError {
 }
 
 pub struct Relays {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    drainer: Drainer,
+    /// Ends the UDP relays (their sessions have nothing to drain).
+    stop_udp: watch::Sender<bool>,
+    accept_loops: Vec<JoinHandle<()>>,
+    udp_tasks: Vec<JoinHandle<()>>,
+    /// The counters of every TCP relay: what a drain waits on.
+    tcp: Vec<Arc<RelayStats>>,
     pub egress: Arc<RelayStats>,
     /// One per ingress port vmpod forwards itself (`mode: proxy`), TCP and
     /// UDP, by name; `dnat` ports are the kernel's and have no counters here.
@@ -42,9 +49,13 @@ impl Relays {
     /// any relay runs. An ingress port's IPv6 address is skipped when the
     /// pod has no IPv6.
     pub fn start(plan: &RelayPlan) -> Result<Relays, ListenError> {
-        let (stop, stop_rx) = watch::channel(false);
+        crate::fdlimit::warn_if_over_budget(&crate::fdlimit::needs(plan));
+        let (stop_udp, stop_rx) = watch::channel(false);
+        let (drainer, drain) = Drainer::new();
         let egress = Arc::new(RelayStats::default());
+        let mut tcp = vec![egress.clone()];
         let mut pending: Vec<Pending> = Vec::new();
+        let mut pending_udp: Vec<Pending> = Vec::new();
         if let Some(spec) = &plan.egress {
             let addr = spec.addr;
             let listener =
@@ -68,7 +79,7 @@ impl Relays {
                 spec.settings,
                 spec.settings.limit(),
                 egress.clone(),
-                stop_rx.clone(),
+                drain.clone(),
             )));
         }
         let mut ingress = Vec::new();
@@ -85,6 +96,7 @@ impl Relays {
             let guest = spec.guest;
             match &spec.relay {
                 IngressRelay::Tcp(settings) => {
+                    tcp.push(stats.clone());
                     // One budget for the port, whichever family a client uses.
                     let limit = settings.limit();
                     let dest: Arc<dyn proxy::Destination> = Arc::new(IngressDestination { guest });
@@ -99,7 +111,7 @@ impl Relays {
                             *settings,
                             limit.clone(),
                             stats.clone(),
-                            stop_rx.clone(),
+                            drain.clone(),
                         )));
                     }
                 }
@@ -112,7 +124,7 @@ impl Relays {
                         );
                         tracing::info!(relay = "ingress", name = %spec.name, %addr, %guest, protocol = "udp", "listening");
                     }
-                    pending.push(Box::pin(udp::serve(
+                    pending_udp.push(Box::pin(udp::serve(
                         spec.name.clone(),
                         sockets,
                         *settings,
@@ -122,21 +134,50 @@ impl Relays {
                 }
             }
         }
-        let tasks = pending.into_iter().map(tokio::spawn).collect();
         Ok(Relays {
-            stop,
-            tasks,
+            drainer,
+            stop_udp,
+            accept_loops: pending.into_iter().map(tokio::spawn).collect(),
+            udp_tasks: pending_udp.into_iter().map(tokio::spawn).collect(),
+            tcp,
             egress,
             ingress,
         })
     }
 
-    /// Closes the listeners and ends UDP sessions; TCP connections in flight
-    /// end with the process.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
+    /// Stops accepting (listeners close), ends UDP sessions, lets TCP
+    /// connections in flight finish for up to `drain_timeout`, then resets
+    /// (RST) those left. Logs and returns how many drained and were reset.
+    pub async fn stop(self, drain_timeout: Duration) -> DrainReport {
+        let _ = self.stop_udp.send(true);
+        let report = drain::drain(&self.drainer, self.accept_loops, &self.tcp, drain_timeout).await;
+        for t in self.udp_tasks {
             let _ = t.await;
         }
+        log_drain(&report, drain_timeout);
+        report
+    }
+}
+
+/// One line at the end of a drain: warn when connections had to be reset.
+pub fn log_drain(report: &DrainReport, timeout: Duration) {
+    let ms = report.took.as_millis() as u64;
+    if report.reset > 0 {
+        tracing::warn!(
+            in_flight = report.in_flight,
+            drained = report.drained,
+            reset = report.reset,
+            ms,
+            timeout_ms = timeout.as_millis() as u64,
+            "relays stopped: connections still open at the drain timeout were reset"
+        );
+    } else {
+        tracing::info!(
+            in_flight = report.in_flight,
+            drained = report.drained,
+            reset = 0,
+            ms,
+            "relays stopped: every connection in flight drained"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Every socket option the relays use, in one place: transparent listeners,
-//! the original destination of a redirected connection, abortive close, and
-//! UDP sockets that answer from the address a datagram was sent to.
+//! the original destination of a redirected connection, abortive close, TCP
+//! keepalive, and UDP sockets that answer from the address a datagram was
+//! sent to.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -83,6 +84,111 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
             0,
         )))
     }
+}
+
+/// TCP keepalive of a relayed socket: after `idle` without traffic the
+/// kernel probes every `interval`, and after `count` unanswered probes the
+/// connection fails, so a peer that vanished without a FIN is freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: std::time::Duration,
+    pub interval: std::time::Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// 300 s idle, then 9 probes 75 s apart: a dead peer is freed within
+    /// 300 + 9 × 75 = 975 s (16 min, against the 1 h idle timeout). The
+    /// interval and count are Linux's (and Envoy's when its `tcp_keepalive`
+    /// leaves them unset); the idle time is Linux's 7200 s cut to 300 s,
+    /// below the ~350 s after which common cloud NATs and load balancers
+    /// forget an idle flow, so the probes also keep such flows alive.
+    pub const DEFAULT: Keepalive = Keepalive {
+        idle: std::time::Duration::from_secs(300),
+        interval: std::time::Duration::from_secs(75),
+        count: 9,
+    };
+}
+
+impl Default for Keepalive {
+    fn default() -> Keepalive {
+        Keepalive::DEFAULT
+    }
+}
+
+/// Turns TCP keepalive on for `stream` with `k`'s timing (whole seconds,
+/// at least 1, as the kernel takes them).
+pub fn set_keepalive(stream: &TcpStream, k: &Keepalive) -> io::Result<()> {
+    let secs = |d: std::time::Duration| d.as_secs().clamp(1, i32::MAX as u64) as u32;
+    let fd = stream.as_fd();
+    setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    setsockopt(&fd, sockopt::TcpKeepIdle, &secs(k.idle))?;
+    setsockopt(&fd, sockopt::TcpKeepInterval, &secs(k.interval))?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &k.count.clamp(1, 127))?;
+    Ok(())
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) is out of
+/// file descriptors.
+pub fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// One descriptor held in reserve so that a listener can still take a
+/// pending connection when the process is out of descriptors, and reset it
+/// at once instead of leaving it in the backlog to hang (nginx and haproxy
+/// do the same).
+pub struct SpareFd(Option<OwnedFd>);
+
+impl SpareFd {
+    pub fn new() -> SpareFd {
+        SpareFd(open_spare())
+    }
+
+    /// Out of descriptors: frees the spare, accepts one pending connection
+    /// of `listener` and resets it, then takes the spare back. Whether a
+    /// connection was reset.
+    pub fn shed(&mut self, listener: &TcpListener) -> bool {
+        drop(self.0.take());
+        // SAFETY: accept4 on a listening socket we own; null address
+        // pointers are allowed.
+        #[allow(unsafe_code)]
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        let shed = fd >= 0;
+        if shed {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            #[allow(unsafe_code)]
+            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = setsockopt(
+                &conn,
+                sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            drop(conn);
+        }
+        self.0 = open_spare();
+        shed
+    }
+}
+
+impl Default for SpareFd {
+    fn default() -> SpareFd {
+        SpareFd::new()
+    }
+}
+
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 /// Closes with a RST instead of a FIN: the peer learns the connection

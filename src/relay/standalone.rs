@@ -8,14 +8,17 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 
 use super::copy::Timeouts;
+use super::drain::{self, Drainer};
 use super::egress::EgressDestination;
 use super::ingress::IngressDestination;
 use super::proxy::{self, Destination, ProxySettings};
-use super::socket;
+use super::running::log_drain;
+use super::socket::{self, Keepalive};
 use super::stats::RelayStats;
 use crate::config::{Egress, EgressMode};
 
@@ -47,8 +50,9 @@ pub enum StandaloneError {
     Signals(std::io::Error),
 }
 
-/// Settings as `vmpod run` has them by default, with `max_connections`.
-fn settings(max_connections: u32) -> ProxySettings {
+/// Settings as `vmpod run` has them by default, with `max_connections`;
+/// `vmpod relay` flags override each field.
+pub fn default_settings(max_connections: u32) -> ProxySettings {
     let defaults = Egress::default();
     ProxySettings {
         connect_timeout: defaults.connect_timeout.0,
@@ -58,11 +62,17 @@ fn settings(max_connections: u32) -> ProxySettings {
         },
         max_connections,
         proxy_protocol: None,
+        keepalive: Keepalive::DEFAULT,
     }
 }
 
-/// Runs `relay` until SIGTERM or SIGINT; its counters at the end.
-pub fn run(relay: Standalone, max_connections: u32) -> Result<Arc<RelayStats>, StandaloneError> {
+/// Runs `relay` with `settings` until SIGTERM or SIGINT, then drains for up
+/// to `drain_timeout`; its counters at the end.
+pub fn run(
+    relay: Standalone,
+    settings: ProxySettings,
+    drain_timeout: Duration,
+) -> Result<Arc<RelayStats>, StandaloneError> {
     // The runtime `vmpod run` has. Measured on 2 cores, a current-thread
     // runtime, or one per core with SO_REUSEPORT listeners, moved neither
     // throughput nor connection rate: the time is in the kernel's TCP.
@@ -70,12 +80,13 @@ pub fn run(relay: Standalone, max_connections: u32) -> Result<Arc<RelayStats>, S
         .enable_all()
         .build()
         .map_err(StandaloneError::Runtime)?;
-    runtime.block_on(serve(relay, max_connections))
+    runtime.block_on(serve(relay, settings, drain_timeout))
 }
 
 async fn serve(
     relay: Standalone,
-    max_connections: u32,
+    settings: ProxySettings,
+    drain_timeout: Duration,
 ) -> Result<Arc<RelayStats>, StandaloneError> {
     let (name, listen, transparent, dest): (&'static str, _, _, Arc<dyn Destination>) = match relay
     {
@@ -109,10 +120,9 @@ async fn serve(
         })?;
     let mut term = signal(SignalKind::terminate()).map_err(StandaloneError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StandaloneError::Signals)?;
-    let settings = settings(max_connections);
     let stats = Arc::new(RelayStats::default());
-    let (stop, stopped) = watch::channel(false);
-    tracing::info!(relay = name, addr = %listen, config = ?relay, "listening");
+    let (drainer, drain) = Drainer::new();
+    tracing::info!(relay = name, addr = %listen, config = ?relay, ?settings, "listening");
     let accepting = tokio::spawn(proxy::serve(
         name,
         listener,
@@ -120,14 +130,19 @@ async fn serve(
         settings,
         settings.limit(),
         stats.clone(),
-        stopped,
+        drain,
     ));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    let _ = stop.send(true);
-    let _ = accepting.await;
-    // Connections in flight end with the process.
+    let report = drain::drain(
+        &drainer,
+        vec![accepting],
+        std::slice::from_ref(&stats),
+        drain_timeout,
+    )
+    .await;
+    log_drain(&report, drain_timeout);
     Ok(stats)
 }

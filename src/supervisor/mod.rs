@@ -401,7 +401,9 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         // Listeners close first: no new connection is accepted for a guest
         // that is going away.
         if let Some(relays) = self.relays.take() {
-            relays.stop().await;
+            relays
+                .stop(crate::relay::drain::DEFAULT_DRAIN_TIMEOUT)
+                .await;
         }
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
             self.stop_guest(self.lifecycle.shutdown_grace).await;

@@ -229,19 +229,32 @@ impl PodNet {
         }
     }
 
-    /// Stops the relays and tears the network down; the teardown's errors.
-    pub fn stop_vmpod(&self, mut vmpod: Vmpod) -> Vec<String> {
+    /// Stops the relays (a drain of at most 1 s) and tears the network
+    /// down; the teardown's errors.
+    pub fn stop_vmpod(&self, vmpod: Vmpod) -> Vec<String> {
+        self.stop_vmpod_draining(vmpod, Duration::from_secs(1)).0
+    }
+
+    /// Stops the relays, draining for up to `drain_timeout`, and tears the
+    /// network down: the teardown's errors and what the drain did.
+    #[allow(dead_code)] // not every test binary drains
+    pub fn stop_vmpod_draining(
+        &self,
+        mut vmpod: Vmpod,
+        drain_timeout: Duration,
+    ) -> (Vec<String>, vmpod::relay::drain::DrainReport) {
         if let Some(r) = vmpod.reconciler.take() {
             r.abort();
         }
         let relays = vmpod.relays.take();
         let setup = vmpod.setup.clone();
         self.pod.run(async move {
-            if let Some(r) = relays {
-                r.stop().await;
-            }
+            let report = match relays {
+                Some(r) => r.stop(drain_timeout).await,
+                None => Default::default(),
+            };
             let errors = setup.lock().await.teardown().await;
-            errors.0.iter().map(ToString::to_string).collect()
+            (errors.0.iter().map(ToString::to_string).collect(), report)
         })
     }
 
