@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub struct RateLimited {
     every: Duration,
     last: Mutex<Option<Instant>>,
@@ -32,6 +33,13 @@ impl RateLimited {
         }
         *last = Some(now);
         Some(self.count.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// One line per 10 s: a repeating fault stays visible without flooding.
+impl Default for RateLimited {
+    fn default() -> Self {
+        RateLimited::new(Duration::from_secs(10))
     }
 }
 

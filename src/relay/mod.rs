@@ -8,7 +8,6 @@ pub mod copy;
 pub mod drain;
 pub mod egress;
 pub mod ingress;
-pub mod log_gate;
 pub mod pipe_pool;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -193,14 +193,14 @@ fn upstream_failed(
     why: &str,
 ) {
     RelayStats::add(&stats.upstream_failed, 1);
-    match stats.upstream_log.admit(std::time::Instant::now()) {
-        Some(held_back) => tracing::warn!(
+    match stats.upstream_log.hit() {
+        Some(since_last_line) => tracing::warn!(
             relay = name,
             %peer,
             %target,
             port = target.port(),
             reason = why,
-            similar_not_logged = held_back,
+            since_last_line,
             "cannot connect upstream: the client is reset"
         ),
         None => {

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::log_gate::LogGate;
+use crate::ratelimit::RateLimited;
 
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -20,8 +20,8 @@ pub struct RelayStats {
     pub bytes_out: AtomicU64,
     /// Bytes from the upstream back.
     pub bytes_in: AtomicU64,
-    /// Keeps the upstream-failure warning to one line per interval.
-    pub upstream_log: LogGate,
+    /// Keeps the upstream-failure warning to one line per 10 s.
+    pub upstream_log: RateLimited,
 }
 
 impl RelayStats {
