@@ -54,10 +54,6 @@ impl RepairGate {
         self.backoff = Duration::ZERO;
         self.fault.take()
     }
-
-    pub fn fault(&self) -> Option<&str> {
-        self.fault.as_deref()
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The ingress relay: a pod port forwarded to the guest, in place of the
 //! research's haproxy.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
@@ -15,17 +15,6 @@ impl Destination for IngressDestination {
     fn destination(&self, _client: &TcpStream) -> Result<SocketAddr, String> {
         Ok(self.guest)
     }
-}
-
-/// The addresses an ingress port listens on: every IPv4 address of the pod,
-/// and every IPv6 address when the pod has one (an IPv6-only socket, so the
-/// two never conflict). A pod without IPv6 gets no IPv6 socket, not an error.
-pub fn listen_ips() -> Vec<IpAddr> {
-    let mut ips = vec![IpAddr::from([0u8; 4])];
-    if pod_has_ipv6() {
-        ips.push(IpAddr::from([0u16; 8]));
-    }
-    ips
 }
 
 /// Whether this thread's network namespace has an IPv6 address that is not
