@@ -231,10 +231,17 @@ fn what_run_applies_is_what_render_printed() {
                 .then_some(metrics)
         });
     assert!(leased.contains("vmpod_dhcp_packets_total"), "{leased}");
-    let identity = vm
-        .curl_from_pod(&format!("http://{guest_ip}:9080/"))
-        .expect("the guest answers at its leased address");
-    assert!(identity.contains(guest_ip), "{identity}");
+    // The guest names the lease it took; a few seconds allow for its DHCP
+    // script, which runs after vmpod counted the grant.
+    let identity = vm.sandbox.wait_for(
+        "the guest to answer at its leased address, naming it",
+        Duration::from_secs(20),
+        || {
+            vm.curl_from_pod(&format!("http://{guest_ip}:9080/"))
+                .filter(|body| body.contains(&format!("ip={guest_ip}")))
+        },
+    );
+    assert!(identity.contains("vmpod-test-guest"), "{identity}");
 
     // The domain libvirt holds carries every element and attribute render
     // wrote (libvirt adds its defaults, and expands the machine alias).
