@@ -35,6 +35,9 @@ pub struct HostFacts {
     /// The pod's /etc/resolv.conf: the resolvers the DNS forwarder asks and
     /// the search list the guest is handed, as a pod process has them.
     pub resolv: ResolvConf,
+    /// The pod has a global or ULA IPv6 address and an IPv6 default route
+    /// (a dual-stack cluster): what `network.ipv6: auto` turns IPv6 on for.
+    pub pod_ipv6: bool,
 }
 
 /// Where the pod's resolver configuration is read.
@@ -53,6 +56,7 @@ impl HostFacts {
             uplink_mtu: Some(1500),
             limits: HostLimits::default(),
             resolv: resolv::parse(FIXED_RESOLV_CONF),
+            pod_ipv6: false,
         }
     }
 
@@ -66,6 +70,7 @@ impl HostFacts {
             resolv: std::fs::read_to_string(RESOLV_CONF)
                 .map(|text| resolv::parse(&text))
                 .unwrap_or_default(),
+            pod_ipv6: pod_ipv6(),
         }
     }
 
@@ -275,6 +280,38 @@ fn kvm_usable() -> bool {
             .is_ok()
 }
 
+/// Whether this thread's network namespace has IPv6 as a dual-stack pod
+/// has it: see [`has_pod_ipv6`].
+fn pod_ipv6() -> bool {
+    // thread-self: tests run each namespace on threads of their own.
+    let read = |f: &str| std::fs::read_to_string(Path::new("/proc/thread-self/net").join(f));
+    match (read("if_inet6"), read("ipv6_route")) {
+        (Ok(addrs), Ok(routes)) => has_pod_ipv6(&addrs, &routes),
+        _ => false,
+    }
+}
+
+/// A global-scope address (global unicast or ULA; `if_inet6` scope 00) on
+/// an interface other than `lo`, and a default route (`::/0`) that is not
+/// a reject route: the pod can reach the cluster over IPv6.
+fn has_pod_ipv6(if_inet6: &str, ipv6_route: &str) -> bool {
+    const GLOBAL_SCOPE: &str = "00";
+    const RTF_REJECT: u32 = 0x0200;
+    let address = if_inet6.lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() >= 6 && cols[3] == GLOBAL_SCOPE && cols[5] != "lo"
+    });
+    let default_route = ipv6_route.lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() >= 10
+            && cols[0].bytes().all(|b| b == b'0')
+            && cols[1] == "00"
+            && u32::from_str_radix(cols[8], 16).is_ok_and(|f| f & RTF_REJECT == 0)
+            && cols[9] != "lo"
+    });
+    address && default_route
+}
+
 /// Reads /proc/net/route for the default route's interface, then its MTU.
 fn default_route_mtu() -> Option<u32> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
@@ -290,6 +327,20 @@ fn default_route_mtu() -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_ipv6_needs_a_routable_address_and_a_default_route() {
+        let ula = "fd000000000000000000000000000002 02 40 00 80     eth0\n";
+        let link = "fe800000000000000000000000000001 02 40 20 80     eth0\n";
+        let lo = "00000000000000000000000000000001 01 80 10 80       lo\n";
+        let default = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
+        // What the kernel puts in a namespace with IPv6 but no route out.
+        let unreachable = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        assert!(has_pod_ipv6(&format!("{link}{ula}"), default));
+        assert!(!has_pod_ipv6(&format!("{link}{lo}"), default));
+        assert!(!has_pod_ipv6(ula, unreachable));
+        assert!(!has_pod_ipv6(ula, ""));
+    }
 
     fn fake_root(name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
         let root = std::env::temp_dir().join(format!("vmpod-host-{name}-{}", std::process::id()));

@@ -8,9 +8,10 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::addressing::AddressingPlan;
+use ipnet::{IpNet, Ipv6Net};
+
+use crate::addressing::{AddressingError, AddressingPlan};
 use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
-use crate::dhcp::DhcpConfigError;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -35,6 +36,8 @@ pub enum ListenerKind {
     Health,
     /// The DHCPv4 server, on the bridge only.
     Dhcp,
+    /// The DHCPv6 server, on the bridge only.
+    Dhcpv6,
     /// The DNS forwarder, on the gateway.
     Dns,
 }
@@ -43,7 +46,10 @@ impl ListenerKind {
     /// Whether the socket lives on the bridge vmpod creates, and so cannot
     /// be checked before the bridge exists.
     pub fn on_bridge(&self) -> bool {
-        matches!(self, ListenerKind::Dhcp | ListenerKind::Dns)
+        matches!(
+            self,
+            ListenerKind::Dhcp | ListenerKind::Dhcpv6 | ListenerKind::Dns
+        )
     }
 }
 
@@ -53,7 +59,7 @@ pub enum PlanError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     #[error(transparent)]
-    Dhcp(#[from] DhcpConfigError),
+    Addressing(#[from] AddressingError),
 }
 
 impl fmt::Display for ListenerKind {
@@ -65,6 +71,7 @@ impl fmt::Display for ListenerKind {
             ListenerKind::ConsoleLibvirt => f.write_str("console/libvirt"),
             ListenerKind::Health => f.write_str("health"),
             ListenerKind::Dhcp => f.write_str("dhcp"),
+            ListenerKind::Dhcpv6 => f.write_str("dhcpv6"),
             ListenerKind::Dns => f.write_str("dns"),
         }
     }
@@ -113,10 +120,15 @@ impl Plan {
         facts: &HostFacts,
         display_password: Option<&str>,
     ) -> Result<Plan, PlanError> {
-        let relays = relays(config);
         let health_addr = SocketAddr::new(any_addr(config), config.health.port);
         let mtu = facts.mtu(config);
         let addressing = AddressingPlan::build(config, facts, mtu)?;
+        let ipv6 = addressing.ipv6.as_ref().map(|v6| firewall::Ipv6Guest {
+            gateway: Ipv6Net::new(v6.gateway, v6.prefix.prefix_len())
+                .expect("the prefix length of a valid Ipv6Config"),
+            guest: v6.guest,
+        });
+        let relays = relays(config, ipv6.is_some());
         let mut listeners = listeners(config, &relays, health_addr);
         listeners.extend(addressing_listeners(&addressing));
         Ok(Plan {
@@ -129,11 +141,13 @@ impl Plan {
                 bridge: BridgeSpec {
                     name: config.network.bridge.clone(),
                     gateway: config.network.gateway,
+                    gateway6: ipv6.map(|v6| IpNet::V6(v6.gateway)),
                     mtu,
                 },
-                sysctls: sysctl::plan(config, None),
-                firewall: firewall::plan(config),
+                sysctls: sysctl::plan_for(config, None, ipv6.is_some()),
+                firewall: firewall::plan_for(config, ipv6),
                 policy_route: route::plan(config),
+                policy_route6: ipv6.and_then(|_| route::plan_ipv6(config)),
             },
             listeners,
             addressing,
@@ -157,6 +171,7 @@ impl Plan {
             "bridge": {
                 "name": net.bridge.name.as_str(),
                 "gateway": net.bridge.gateway.to_string(),
+                "gateway6": net.bridge.gateway6.map(|g| g.to_string()),
                 "mtu": net.bridge.mtu,
             },
             "sysctls": net.sysctls.iter().map(|s| serde_json::json!({
@@ -164,13 +179,8 @@ impl Plan {
                 "value": s.value,
                 "why": s.why,
             })).collect::<Vec<_>>(),
-            "policy_route": net.policy_route.map(|r| serde_json::json!({
-                "fwmark": r.fwmark.mark(),
-                "fwmask": r.fwmark.mask(),
-                "table": r.table,
-                "priority": r.priority,
-                "ipv6": r.ipv6,
-            })),
+            "policy_route": net.policy_route.map(route_json),
+            "policy_route6": net.policy_route6.map(route_json),
             "listeners": self.listeners.iter().map(|l| serde_json::json!({
                 "kind": l.kind.to_string(),
                 "field": l.field,
@@ -195,7 +205,28 @@ impl Plan {
                     "listen": d.listen.to_string(),
                     "upstreams": d.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 })),
+                "dns_forwarder6": self.addressing.dns6.as_ref().map(|d| serde_json::json!({
+                    "listen": d.listen.to_string(),
+                    "upstreams": d.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
                 "guest_dns": self.addressing.guest_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "ipv6_why": self.addressing.ipv6_why,
+                "ipv6": self.addressing.ipv6.as_ref().map(|v6| serde_json::json!({
+                    "bridge": v6.bridge,
+                    "prefix": v6.prefix.to_string(),
+                    "gateway": v6.gateway.to_string(),
+                    "guest_ip": v6.guest.to_string(),
+                    "guest_mac": crate::dhcp::config::format_mac(&v6.guest_mac),
+                    "dns": v6.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "search": v6.search,
+                    "mtu": v6.mtu,
+                    "managed": v6.managed,
+                    "other_config": v6.other_config,
+                    "autonomous": v6.autonomous,
+                    "router_lifetime_seconds": v6.lifetimes.router,
+                    "address_valid_seconds": v6.lifetimes.address_valid,
+                    "address_preferred_seconds": v6.lifetimes.address_preferred,
+                })),
             },
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
@@ -206,6 +237,16 @@ impl Plan {
             "domain_xml": self.domain_xml,
         })
     }
+}
+
+fn route_json(r: route::PolicyRoute) -> serde_json::Value {
+    serde_json::json!({
+        "fwmark": r.fwmark.mark(),
+        "fwmask": r.fwmark.mask(),
+        "table": r.table,
+        "priority": r.priority,
+        "ipv6": r.ipv6,
+    })
 }
 
 /// The wildcard address of the guest network's family: vmpod's own
@@ -249,11 +290,13 @@ fn ingress_relay(egress: ProxySettings, ing: &Ingress, guest: SocketAddr) -> Ing
     }
 }
 
-fn relays(config: &VmConfig) -> RelayPlan {
+/// `ipv6`: the guest has IPv6 beside IPv4, so egress listens on both.
+fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
     let net = &config.network;
     let settings = egress_settings(config);
     let egress = net.egress.mode.uses_proxy().then(|| EgressSpec {
         addr: SocketAddr::new(any_addr(config), net.egress.listen_port),
+        addr6: ipv6.then(|| SocketAddr::new(IpAddr::from([0u16; 8]), net.egress.listen_port)),
         mode: net.egress.mode,
         guarded_ports: config.own_ports(),
         settings,
@@ -300,7 +343,21 @@ fn addressing_listeners(plan: &AddressingPlan) -> Vec<Listener> {
             ),
         });
     }
-    if let Some(d) = &plan.dns {
+    if let Some(v6) = &plan.ipv6 {
+        out.push(Listener {
+            kind: ListenerKind::Dhcpv6,
+            field: "network.ipv6".into(),
+            protocol: Protocol::Udp,
+            addr: SocketAddr::new(IpAddr::from([0u16; 8]), 547),
+            only_with_pod_ipv6: false,
+            target: format!(
+                "DHCPv6 on {} (SO_BINDTODEVICE), for {} only; RAs from a raw ICMPv6 socket there",
+                v6.bridge,
+                crate::dhcp::config::format_mac(&v6.guest_mac)
+            ),
+        });
+    }
+    for d in plan.dns.iter().chain(plan.dns6.iter()) {
         for protocol in [Protocol::Udp, Protocol::Tcp] {
             out.push(Listener {
                 kind: ListenerKind::Dns,
@@ -325,14 +382,16 @@ fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> 
             }
             _ => "original destination from SO_ORIGINAL_DST",
         };
-        out.push(Listener {
-            kind: ListenerKind::Egress,
-            field: "network.egress.listen_port".into(),
-            protocol: Protocol::Tcp,
-            addr: e.addr,
-            only_with_pod_ipv6: false,
-            target: format!("guest TCP to its original destination, {how}"),
-        });
+        for addr in std::iter::once(e.addr).chain(e.addr6) {
+            out.push(Listener {
+                kind: ListenerKind::Egress,
+                field: "network.egress.listen_port".into(),
+                protocol: Protocol::Tcp,
+                addr,
+                only_with_pod_ipv6: false,
+                target: format!("guest TCP to its original destination, {how}"),
+            });
+        }
     }
     for ing in &relays.ingress {
         let guest = ing.guest;
@@ -422,6 +481,9 @@ impl fmt::Display for Plan {
         match &net.policy_route {
             Some(r) => writeln!(f, "{r}")?,
             None => writeln!(f, "(none: only tproxy mode routes by mark)")?,
+        }
+        if let Some(r) = &net.policy_route6 {
+            writeln!(f, "{r}")?;
         }
         writeln!(f, "\n## guest addressing")?;
         write!(f, "{}", self.addressing)?;

@@ -8,8 +8,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::golden::{assert_golden, golden_configs};
-use vmpod::config::{EgressMode, IngressMode, Protocol, UdpEgress, VmConfig};
-use vmpod::net::firewall::{FirewallPlan, plan};
+use vmpod::config::{EgressMode, IngressMode, Ipv6Mode, Protocol, UdpEgress, VmConfig};
+use vmpod::net::firewall::FirewallPlan;
+
+/// The table `run` applies for `config` (IPv6 beside IPv4 when
+/// `network.ipv6: on`).
+fn plan(config: &VmConfig) -> FirewallPlan {
+    vmpod::plan::Plan::build(config, &vmpod::host::HostFacts::fixed(), None)
+        .expect("plan")
+        .network
+        .firewall
+}
+
+/// `c` with IPv6 beside IPv4: default ULA addresses, a v6 exclusion.
+fn dual_stack(mut c: VmConfig) -> VmConfig {
+    c.network.ipv6 = Ipv6Mode::On;
+    c.network
+        .egress
+        .exclude
+        .push("fd00:96::/64".parse().unwrap());
+    c
+}
 
 /// The golden configs plus variants of the example made here: kernel mode,
 /// IPv6 (tproxy, with exclusions), and dnat ingress ports.
@@ -27,6 +46,7 @@ fn cases() -> Vec<(&'static str, VmConfig)> {
     cases.push(("kernel", kernel));
     cases.push(("ipv6", ipv6));
     cases.push(("dnat", dnat()));
+    cases.push(("dual-stack", dual_stack(example())));
     cases
 }
 
@@ -91,6 +111,19 @@ fn kernel_only_cases() -> Vec<(&'static str, VmConfig)> {
             &["fd00:96::/64"],
             true,
         ),
+        (
+            "dual-stack-redirect-dnat",
+            dual_stack({
+                let mut c = dnat();
+                c.network.egress.mode = EgressMode::Redirect;
+                c
+            }),
+        ),
+        ("dual-stack-kernel", {
+            let mut c = dual_stack(example());
+            c.network.egress.mode = EgressMode::Kernel;
+            c
+        }),
         variant(
             "kernel-ipv6-udp-off",
             EgressMode::Kernel,

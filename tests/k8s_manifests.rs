@@ -551,6 +551,7 @@ const MINIMAL_CAPABILITIES: &[&str] = &[
     "DAC_OVERRIDE",
     "KILL",
     "NET_BIND_SERVICE",
+    "NET_RAW",
 ];
 
 #[test]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A "pod" built the way a container runtime builds one, for local runs and tests.
 #
-#   pod-sandbox.sh create NAME          network namespaces NAME-pod and NAME-cl, joined by a veth
+#   pod-sandbox.sh create NAME [--dual-stack]
+#                                       network namespaces NAME-pod and NAME-cl, joined by a veth;
+#                                       --dual-stack gives both IPv6 too (a dual-stack cluster)
 #   pod-sandbox.sh exec NAME STATE CMD  run CMD as PID 1 of a new pid + mount namespace inside
 #                                       NAME-pod, with private /run, /etc/libvirt, /var/lib/libvirt,
 #                                       /var/log/libvirt, /etc/sasl2 kept under directory STATE
@@ -11,6 +13,9 @@
 #   pod eth0     10.89.0.2/24, default route via 10.89.0.1
 #   cluster      10.89.0.1/24 (upstream servers and test clients live here; also the
 #                pod's resolver in /etc/resolv.conf inside the sandbox)
+# With --dual-stack, also:
+#   pod eth0     fd89::2/64, default route via fd89::1
+#   cluster      fd89::1/64
 # VMPOD_GUEST_IMAGES (default <repo>/target/test-guest) is mounted read-only at
 # /var/lib/vmpod/images/test-guest, where the example config expects the test guest.
 set -euo pipefail
@@ -18,12 +23,14 @@ set -euo pipefail
 POD_IP=10.89.0.2
 CLUSTER_IP=10.89.0.1
 PREFIX=24
+POD_IP6=fd89::2
+CLUSTER_IP6=fd89::1
 
 die() { echo "pod-sandbox: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 is missing (install package $2)"; }
 
 create() {
-  local name=$1 pod=$1-pod cl=$1-cl
+  local name=$1 dual=${2:-} pod=$1-pod cl=$1-cl
   [ "$(id -u)" = 0 ] || die "needs root to create network namespaces"
   need ip iproute2
   ip netns add "$pod"
@@ -36,6 +43,14 @@ create() {
   ip -n "$pod" link set eth0 up
   ip -n "$cl" link set eth0 up
   ip -n "$pod" route add default via "$CLUSTER_IP"
+  if [ "$dual" = --dual-stack ]; then
+    # nodad: usable at once, as a CNI's addresses are.
+    ip netns exec "$pod" sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0
+    ip netns exec "$cl" sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0
+    ip -n "$pod" addr add "$POD_IP6/64" dev eth0 nodad
+    ip -n "$cl" addr add "$CLUSTER_IP6/64" dev eth0 nodad
+    ip -n "$pod" -6 route add default via "$CLUSTER_IP6" dev eth0
+  fi
 }
 
 destroy() {
@@ -83,7 +98,10 @@ inner() {
 
 cmd=${1:-}; shift || true
 case "$cmd" in
-  create) [ $# -eq 1 ] || die "usage: create NAME"; create "$1" ;;
+  create)
+    case "$#:${2:-}" in 1: | 2:--dual-stack) ;; *) die "usage: create NAME [--dual-stack]" ;; esac
+    create "$@"
+    ;;
   destroy) [ $# -eq 1 ] || die "usage: destroy NAME"; destroy "$1" ;;
   exec)
     [ $# -ge 3 ] || die "usage: exec NAME STATE CMD..."

@@ -3,11 +3,11 @@
 //! fields so that a typo is an error, not a silently ignored setting.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use serde::Deserialize;
 
 use super::types::{Fwmark, IfName, MacAddr};
@@ -149,6 +149,29 @@ pub struct Network {
     /// asks the pod's resolvers as a pod process) or a list given as is.
     #[serde(default)]
     pub dns: DnsSetting,
+    /// IPv6 for the guest beside its IPv4 network (Router Advertisements
+    /// and stateful DHCPv6 on the bridge, IPv6 through every data path):
+    /// `auto` turns it on when the pod has a routable IPv6 address and an
+    /// IPv6 default route (a dual-stack cluster).
+    #[serde(default)]
+    pub ipv6: Ipv6Mode,
+    /// The bridge's IPv6 address; its /64 is the guest's on-link prefix.
+    /// Default: `::1` in a ULA /64 derived from `name`.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Net>,
+    /// The address DHCPv6 hands the guest. Default: `::2` of the prefix.
+    #[serde(default)]
+    pub guest_ip6: Option<Ipv6Addr>,
+}
+
+/// `network.ipv6`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// `network.dns`.
@@ -192,6 +215,9 @@ impl Default for Network {
             dhcp: defaults::dhcp(),
             hostname: None,
             dns: DnsSetting::Forward,
+            ipv6: Ipv6Mode::Auto,
+            gateway6: None,
+            guest_ip6: None,
         }
     }
 }
@@ -511,6 +537,20 @@ pub struct Logging {
 impl VmConfig {
     pub fn shutdown_grace(&self) -> Duration {
         self.lifecycle.shutdown_grace.0
+    }
+
+    /// The guest's IPv6 gateway (with its /64) and address when IPv6 is on:
+    /// the configured ones, or `::1` and `::2` of the ULA /64 derived from
+    /// `name` (stable across restarts, see [`crate::ipv6::ula_prefix`]).
+    pub fn ipv6_addresses(&self) -> (Ipv6Net, Ipv6Addr) {
+        use crate::ipv6::config::host_in;
+        let net = &self.network;
+        let gateway = net.gateway6.unwrap_or_else(|| {
+            let prefix = crate::ipv6::ula_prefix(&self.name);
+            Ipv6Net::new(host_in(prefix, 1), 64).expect("64 is a valid prefix length")
+        });
+        let guest = net.guest_ip6.unwrap_or_else(|| host_in(gateway.trunc(), 2));
+        (gateway, guest)
     }
 
     /// The ports of vmpod's own services in the pod: the health endpoint and

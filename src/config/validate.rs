@@ -291,8 +291,11 @@ impl Validator {
                 format!("table {} is {why}; use e.g. 4000", eg.route_table),
             );
         }
+        // IPv6 exclusions beside an IPv4 guest network apply to the guest's
+        // IPv6 traffic when IPv6 is on.
+        let dual = gw.addr().is_ipv4() && net.ipv6 != super::model::Ipv6Mode::Off;
         for (i, cidr) in eg.exclude.iter().enumerate() {
-            if cidr.addr().is_ipv4() != gw.addr().is_ipv4() {
+            if cidr.addr().is_ipv4() != gw.addr().is_ipv4() && !(dual && cidr.addr().is_ipv6()) {
                 self.error(
                     format!("network.egress.exclude[{i}]"),
                     format!("{cidr} is not of the guest network's IP family"),

@@ -116,6 +116,15 @@ impl DnsForwarder {
     /// Binds UDP and TCP on `config.listen`. Call it in a tokio runtime whose
     /// threads live in the pod's network namespace.
     pub fn bind(config: ForwarderConfig) -> Result<DnsForwarder, DnsError> {
+        Self::bind_counting(config, Arc::new(DnsStats::default()))
+    }
+
+    /// As [`DnsForwarder::bind`], counting into `stats`: the guest's IPv4
+    /// and IPv6 forwarders share one set of counters.
+    pub fn bind_counting(
+        config: ForwarderConfig,
+        stats: Arc<DnsStats>,
+    ) -> Result<DnsForwarder, DnsError> {
         if config.upstreams.is_empty() {
             return Err(DnsError::NoUpstream);
         }
@@ -142,7 +151,7 @@ impl DnsForwarder {
         let shared = Arc::new(Shared {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             tcp_slots: Arc::new(Semaphore::new(config.max_tcp_connections)),
-            stats: Arc::new(DnsStats::default()),
+            stats,
             config,
         });
         Ok(DnsForwarder { udp, tcp, shared })

@@ -22,6 +22,7 @@ use super::readiness::{STATE_NAMES, state_name};
 use super::{Health, RelayHandle, ServiceHandles, lock};
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
+use crate::ipv6::stats::{self as v6stats, Dhcpv6Stats, RaStats};
 use crate::relay::stats::RelayStats;
 
 /// The content type of the Prometheus text format 0.0.4.
@@ -303,6 +304,12 @@ impl Collector for Snapshot {
             if let Some(d) = &services.dns {
                 dns_metrics(e, d)?;
             }
+            if let Some(d) = &services.dhcpv6 {
+                dhcpv6_metrics(e, d)?;
+            }
+            if let Some(r) = &services.ra {
+                ra_metrics(e, r)?;
+            }
         }
         let p = &self.process;
         gauge(
@@ -409,6 +416,91 @@ fn dhcp_metrics(e: &mut DescriptorEncoder, d: &DhcpStats) -> Result<(), fmt::Err
             ("malformed", get(&d.malformed)),
             ("foreign_mac", get(&d.foreign_mac)),
             ("send_error", get(&d.send_errors)),
+        ],
+    )
+}
+
+fn dhcpv6_metrics(e: &mut DescriptorEncoder, d: &Dhcpv6Stats) -> Result<(), fmt::Error> {
+    let get = v6stats::get;
+    family(
+        e,
+        "vmpod_dhcpv6_packets",
+        "DHCPv6 messages, by direction and type.",
+        MetricType::Counter,
+        [
+            ("received", "solicit", get(&d.solicit)),
+            ("received", "request", get(&d.request)),
+            ("received", "confirm", get(&d.confirm)),
+            ("received", "renew", get(&d.renew)),
+            ("received", "rebind", get(&d.rebind)),
+            ("received", "release", get(&d.release)),
+            ("received", "decline", get(&d.decline)),
+            (
+                "received",
+                "information_request",
+                get(&d.information_request),
+            ),
+            ("received", "other", get(&d.other_type)),
+            ("sent", "advertise", get(&d.advertise_sent)),
+            ("sent", "reply", get(&d.reply_sent)),
+        ]
+        .map(|(dir, kind, n)| {
+            (
+                vec![("direction", dir.to_string()), ("type", kind.to_string())],
+                ConstCounter::new(n),
+            )
+        }),
+    )?;
+    counter(
+        e,
+        "vmpod_dhcpv6_leases_granted",
+        "DHCPv6 REPLYs that bound or renewed the guest's IPv6 address.",
+        get(&d.leases_granted),
+    )?;
+    labelled(
+        e,
+        "vmpod_dhcpv6_dropped",
+        "DHCPv6 messages not answered, by reason.",
+        "reason",
+        &[
+            ("malformed", get(&d.malformed)),
+            ("other_client", get(&d.other_client)),
+            ("other_server", get(&d.other_server)),
+            ("send_error", get(&d.send_errors)),
+        ],
+    )
+}
+
+fn ra_metrics(e: &mut DescriptorEncoder, r: &RaStats) -> Result<(), fmt::Error> {
+    let get = v6stats::get;
+    labelled(
+        e,
+        "vmpod_ra_sent",
+        "IPv6 Router Advertisements sent on the bridge, solicited or not.",
+        "kind",
+        &[
+            (
+                "solicited",
+                get(&r.adverts_sent).saturating_sub(get(&r.unsolicited_sent)),
+            ),
+            ("unsolicited", get(&r.unsolicited_sent)),
+        ],
+    )?;
+    counter(
+        e,
+        "vmpod_ra_solicitations",
+        "Router Solicitations received from the guest.",
+        get(&r.solicits_received),
+    )?;
+    labelled(
+        e,
+        "vmpod_ra_dropped",
+        "Router Solicitations not answered, or RAs not sent, by reason.",
+        "reason",
+        &[
+            ("malformed", get(&r.malformed)),
+            ("rate_limited", get(&r.solicits_rate_limited)),
+            ("send_error", get(&r.send_errors)),
         ],
     )
 }

@@ -62,6 +62,9 @@ pub struct ServiceHandles {
     pub dhcp: Option<Arc<DhcpStats>>,
     pub dns: Option<Arc<DnsStats>>,
     pub lease: Option<watch::Receiver<Option<Lease>>>,
+    pub dhcpv6: Option<Arc<crate::ipv6::Dhcpv6Stats>>,
+    pub ra: Option<Arc<crate::ipv6::RaStats>>,
+    pub lease6: Option<watch::Receiver<Option<crate::ipv6::Lease>>>,
 }
 
 /// The state the endpoint serves, shared by the supervisor, the prober and
@@ -134,6 +137,7 @@ impl Health {
                     mac: plan.guest_mac.to_string().to_lowercase(),
                     dhcp: plan.addressing.dhcp.is_some(),
                 }),
+                address6: plan.addressing.ipv6.as_ref().map(|v6| IpAddr::V6(v6.guest)),
             },
             ingress_ports,
             heartbeat_ms: AtomicU64::new(0),
@@ -142,6 +146,7 @@ impl Health {
                 guest: None,
                 tap: None,
                 lease: None,
+                lease6: None,
             }),
             kernel: Mutex::new(None),
             relays: Mutex::new(Vec::new()),
@@ -222,6 +227,9 @@ impl Health {
             dhcp: services.dhcp_stats.clone(),
             dns: services.dns_stats.clone(),
             lease: services.lease.clone(),
+            dhcpv6: services.dhcpv6_stats.clone(),
+            ra: services.ra_stats.clone(),
+            lease6: services.lease6.clone(),
         });
         self.probe_now.notify_one();
     }
@@ -230,6 +238,13 @@ impl Health {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease.as_ref()?.borrow();
         lease.as_ref().map(|l| IpAddr::V4(l.ip))
+    }
+
+    /// The guest's DHCPv6 address, if it holds a lease.
+    fn leased6(&self) -> Option<IpAddr> {
+        let services = lock(&self.services);
+        let lease = services.as_ref()?.lease6.as_ref()?.borrow();
+        lease.as_ref().map(|l| IpAddr::V6(l.address))
     }
 
     pub fn guest_restarted(&self) {
@@ -290,6 +305,7 @@ impl Health {
     pub fn readiness(&self) -> Vec<String> {
         let mut reported = lock(&self.reported).clone();
         reported.lease = self.leased();
+        reported.lease6 = self.leased6();
         let kernel = lock(&self.kernel).clone();
         let failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
         if failures.is_empty() && self.ready_after.get().is_none() {

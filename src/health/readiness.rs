@@ -26,6 +26,8 @@ pub struct Expectations {
     pub listeners: Vec<(String, Protocol, u16)>,
     /// The guest must hold its address (IPv4 guests).
     pub address: Option<GuestAddress>,
+    /// With IPv6 on beside IPv4: the guest must hold its DHCPv6 lease.
+    pub address6: Option<std::net::IpAddr>,
 }
 
 /// How readiness knows the guest has its address: a DHCP lease for it, or
@@ -64,6 +66,8 @@ pub struct Reported {
     pub tap: Option<String>,
     /// The address vmpod's DHCP server has leased to the guest, if any.
     pub lease: Option<std::net::IpAddr>,
+    /// The address vmpod's DHCPv6 server has leased to the guest, if any.
+    pub lease6: Option<std::net::IpAddr>,
 }
 
 /// Every failing check as `check: what is wrong`, in a stable order.
@@ -140,6 +144,17 @@ pub fn failures(
             ));
         }
     }
+    if let Some(want) = expect.address6
+        && reported.lease6 != Some(want)
+    {
+        // Only the lease counts: the prober reads the IPv4 neighbour table
+        // (/proc/net/arp), and IPv6 has no such file. A guest whose IPv6 is
+        // static is not served by DHCPv6 and should run with
+        // `network.ipv6: off`.
+        out.push(format!(
+            "address: the guest has no DHCPv6 lease for {want} yet (network.ipv6 is on; is its DHCPv6 client running?)"
+        ));
+    }
     for (name, protocol, port) in &expect.listeners {
         match (&kernel.open_ports, protocol) {
             (Ok(open), Protocol::Tcp) if open.tcp.contains(port) => {}
@@ -201,6 +216,7 @@ mod tests {
                 mac: "52:54:00:f2:3e:a1".into(),
                 dhcp: true,
             }),
+            address6: None,
         }
     }
 
@@ -223,6 +239,7 @@ mod tests {
             guest: Some(GuestState::Running),
             tap: Some("vnet0".into()),
             lease: Some("10.0.1.2".parse().unwrap()),
+            lease6: None,
         }
     }
 
@@ -241,6 +258,7 @@ mod tests {
             guest: None,
             tap: None,
             lease: None,
+            lease6: None,
         };
         let kernel = KernelFacts {
             bridge_ports: Err("bridge `virbr0` does not exist in this network namespace".into()),
@@ -283,6 +301,27 @@ mod tests {
                 "tap: vnet0 is not a port of bridge virbr0"
             ]
         );
+    }
+
+    #[test]
+    fn with_ipv6_on_the_address_check_also_wants_the_dhcpv6_lease() {
+        let mut e = expect();
+        e.address6 = Some("fd00::2".parse().unwrap());
+        let mut r = running();
+        let kernel = healthy_kernel();
+        let f = failures(&e, &r, Some(&kernel));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].starts_with("address: the guest has no DHCPv6 lease for fd00::2 yet"),
+            "{f:?}"
+        );
+        r.lease6 = Some("fd00::9".parse().unwrap());
+        assert_eq!(failures(&e, &r, Some(&kernel)).len(), 1, "another address");
+        r.lease6 = Some("fd00::2".parse().unwrap());
+        assert!(failures(&e, &r, Some(&kernel)).is_empty());
+        // Without IPv6 no DHCPv6 lease is wanted.
+        r.lease6 = None;
+        assert!(failures(&expect(), &r, Some(&kernel)).is_empty());
     }
 
     #[test]

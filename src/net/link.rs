@@ -183,6 +183,28 @@ impl Netlink {
             tracing::info!(bridge = name, mtu, "set bridge MTU");
         }
 
+        self.ensure_address(name, index, gateway).await?;
+
+        if !link.header.flags.contains(LinkFlags::Up) {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(|e| LinkError::netlink(format!("bring bridge `{name}` up"), e))?;
+            tracing::info!(bridge = name, "bridge up");
+        }
+        Ok(index)
+    }
+
+    /// Give the bridge `name` (ifindex `index`) the address `gateway` unless
+    /// it has it; an IPv6 one with `nodad` (see [`Netlink::ensure_bridge`]).
+    pub async fn ensure_address(
+        &self,
+        name: &str,
+        index: u32,
+        gateway: IpNet,
+    ) -> Result<(), LinkError> {
         if !self
             .has_address(index, gateway)
             .await
@@ -208,17 +230,7 @@ impl Netlink {
                 }
             }
         }
-
-        if !link.header.flags.contains(LinkFlags::Up) {
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .map_err(|e| LinkError::netlink(format!("bring bridge `{name}` up"), e))?;
-            tracing::info!(bridge = name, "bridge up");
-        }
-        Ok(index)
+        Ok(())
     }
 
     /// Delete bridge `name` if it is present; absent is not an error. A link

@@ -38,6 +38,15 @@ pub fn plan(config: &VmConfig) -> Option<PolicyRoute> {
     })
 }
 
+/// The IPv6 twin of [`plan`]'s route beside an IPv4 guest network whose
+/// guest also has IPv6 (`network.ipv6`): the same mark and table, IPv6's
+/// own rule and `local ::/0` route.
+pub fn plan_ipv6(config: &VmConfig) -> Option<PolicyRoute> {
+    plan(config)
+        .filter(|r| !r.ipv6)
+        .map(|r| PolicyRoute { ipv6: true, ..r })
+}
+
 impl fmt::Display for PolicyRoute {
     /// The `ip` commands an operator would type for the same state.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -23,6 +23,8 @@ pub struct BridgeSpec {
     pub name: IfName,
     /// The gateway address the guest routes through.
     pub gateway: IpNet,
+    /// The IPv6 gateway beside an IPv4 `gateway`, when the guest has IPv6.
+    pub gateway6: Option<IpNet>,
     /// The guest network's MTU; None leaves the kernel's default.
     pub mtu: Option<u32>,
 }
@@ -33,6 +35,9 @@ impl fmt::Display for BridgeSpec {
         let mtu = self.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
         writeln!(f, "ip link add {} type bridge{mtu}", self.name)?;
         writeln!(f, "ip address add {} dev {}", self.gateway, self.name)?;
+        if let Some(gw6) = self.gateway6 {
+            writeln!(f, "ip address add {gw6} dev {} nodad", self.name)?;
+        }
         write!(f, "ip link set {} up", self.name)
     }
 }
@@ -45,6 +50,15 @@ pub struct NetworkPlan {
     pub sysctls: Vec<Sysctl>,
     pub firewall: FirewallPlan,
     pub policy_route: Option<PolicyRoute>,
+    /// The IPv6 twin of `policy_route` when the guest has IPv6 beside IPv4.
+    pub policy_route6: Option<PolicyRoute>,
+}
+
+impl NetworkPlan {
+    /// Every policy route, IPv4's first.
+    pub fn policy_routes(&self) -> impl Iterator<Item = &PolicyRoute> {
+        self.policy_route.iter().chain(self.policy_route6.iter())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +108,28 @@ impl NetworkSetup {
     pub async fn bridge(&mut self) -> Result<(), SetupError> {
         let bridge = &self.plan.bridge;
         self.bridge_created = true;
-        self.netlink
+        let index = self
+            .netlink
             .ensure_bridge(&bridge.name, bridge.gateway, bridge.mtu)
             .await?;
+        // Those of the bridge and the namespace now, not with the tap's:
+        // the IPv6 gateway needs disable_ipv6=0 on the bridge, and the
+        // guest services start before the guest.
+        let early = self
+            .plan
+            .sysctls
+            .iter()
+            .filter(|s| bridge.gateway6.is_some() && sysctl::before_tap(s));
+        for s in early {
+            if let sysctl::Applied::Changed { from } = sysctl::apply_one(Path::new("/"), s)? {
+                tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
+            }
+        }
+        if let Some(gw6) = bridge.gateway6 {
+            self.netlink
+                .ensure_address(&bridge.name, index, gw6)
+                .await?;
+        }
         Ok(())
     }
 
@@ -122,7 +155,7 @@ impl NetworkSetup {
         }
         self.firewall_applied = true;
         nft::apply(&self.plan.firewall).await?;
-        if let Some(r) = &self.plan.policy_route {
+        for r in self.plan.policy_routes() {
             self.route_applied = true;
             route::apply(&self.netlink, r).await?;
         }
@@ -143,14 +176,19 @@ impl NetworkSetup {
             };
             restored.firewall = settle(&mut self.firewall_gate, "vmpod's nft table", result, now);
         }
-        if let (true, Some(r)) = (self.route_applied, &self.plan.policy_route)
-            && self.route_gate.due(now)
-        {
-            let result = match route::is_present(&self.netlink, r).await {
-                Ok(true) => Ok(false),
-                Ok(false) => route::apply(&self.netlink, r).await.map(|()| true),
-                Err(e) => Err(e),
-            };
+        if self.route_applied && self.route_gate.due(now) {
+            let mut result = Ok(false);
+            for r in self.plan.policy_routes() {
+                let one = match route::is_present(&self.netlink, r).await {
+                    Ok(true) => Ok(false),
+                    Ok(false) => route::apply(&self.netlink, r).await.map(|()| true),
+                    Err(e) => Err(e),
+                };
+                result = match (result, one) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(a), Ok(b)) => Ok(a || b),
+                };
+            }
             restored.route = settle(&mut self.route_gate, "vmpod's policy route", result, now);
         }
         restored
@@ -164,11 +202,12 @@ impl NetworkSetup {
         {
             errors.push(TeardownError::Firewall(e));
         }
-        if std::mem::take(&mut self.route_applied)
-            && let Some(r) = &self.plan.policy_route
-            && let Err(e) = route::remove(&self.netlink, r).await
-        {
-            errors.push(TeardownError::Route(e));
+        if std::mem::take(&mut self.route_applied) {
+            for r in self.plan.policy_routes() {
+                if let Err(e) = route::remove(&self.netlink, r).await {
+                    errors.push(TeardownError::Route(e));
+                }
+            }
         }
         if std::mem::take(&mut self.bridge_created)
             && let Err(e) = self.netlink.delete_bridge(&self.plan.bridge.name).await

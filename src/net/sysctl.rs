@@ -67,6 +67,50 @@ pub fn for_tap(planned: &[Sysctl], tap: &str) -> Vec<Sysctl> {
 /// The sysctls for `config`, with `tap` the guest's tap once it is known
 /// (rendered as `<tap>` before that).
 pub fn plan(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
+    plan_for(config, tap, false)
+}
+
+/// [`plan`], plus with `ipv6` what the guest's IPv6 beside its IPv4
+/// network needs (`network.ipv6`).
+pub fn plan_for(config: &VmConfig, tap: Option<&str>, ipv6: bool) -> Vec<Sysctl> {
+    let mut list = plan_v4_or_v6(config, tap);
+    if ipv6 {
+        let bridge = config.network.bridge.as_str();
+        list.insert(
+            1,
+            Sysctl::new(
+                &["net", "ipv6", "conf", "all", "forwarding"],
+                "1",
+                "route the guest's IPv6 traffic through the pod (the pod's CNI routes are static; a router ignores RAs unless accept_ra is 2)",
+            ),
+        );
+        list.insert(
+            2,
+            Sysctl::new(
+                &["net", "ipv6", "conf", bridge, "disable_ipv6"],
+                "0",
+                "the bridge carries the IPv6 gateway, Router Advertisements and DHCPv6",
+            ),
+        );
+        list.insert(
+            3,
+            Sysctl::new(
+                &["net", "ipv6", "conf", bridge, "accept_ra"],
+                "0",
+                "a Router Advertisement from the guest must never route the pod through it",
+            ),
+        );
+    }
+    list
+}
+
+/// Whether `s` names the bridge or the whole namespace only, so it can be
+/// set as soon as the bridge exists, before the guest's tap does.
+pub fn before_tap(s: &Sysctl) -> bool {
+    !s.segments.iter().any(|seg| seg == TAP_PLACEHOLDER)
+}
+
+fn plan_v4_or_v6(config: &VmConfig, tap: Option<&str>) -> Vec<Sysctl> {
     let bridge = &config.network.bridge;
     let tap = tap.unwrap_or(TAP_PLACEHOLDER);
     let v6 = config.network.gateway.addr().is_ipv6();

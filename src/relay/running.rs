@@ -57,30 +57,31 @@ impl Relays {
         let mut pending: Vec<Pending> = Vec::new();
         let mut pending_udp: Vec<Pending> = Vec::new();
         if let Some(spec) = &plan.egress {
-            let addr = spec.addr;
-            let listener =
-                socket::tcp_listener(addr, spec.mode == EgressMode::Tproxy).map_err(|source| {
-                    ListenError {
+            // One budget, whichever family the guest uses.
+            let limit = spec.settings.limit();
+            for addr in std::iter::once(spec.addr).chain(spec.addr6) {
+                let listener = socket::tcp_listener(addr, spec.mode == EgressMode::Tproxy)
+                    .map_err(|source| ListenError {
                         addr,
                         field: "network.egress.listen_port".into(),
                         source,
-                    }
-                })?;
-            let dest = Arc::new(EgressDestination {
-                mode: spec.mode,
-                listen: addr,
-                guarded_ports: spec.guarded_ports.clone(),
-            });
-            tracing::info!(relay = "egress", %addr, "listening");
-            pending.push(Box::pin(proxy::serve(
-                "egress",
-                listener,
-                dest,
-                spec.settings,
-                spec.settings.limit(),
-                egress.clone(),
-                drain.clone(),
-            )));
+                    })?;
+                let dest = Arc::new(EgressDestination {
+                    mode: spec.mode,
+                    listen: addr,
+                    guarded_ports: spec.guarded_ports.clone(),
+                });
+                tracing::info!(relay = "egress", %addr, "listening");
+                pending.push(Box::pin(proxy::serve(
+                    "egress",
+                    listener,
+                    dest,
+                    spec.settings,
+                    limit.clone(),
+                    egress.clone(),
+                    drain.clone(),
+                )));
+            }
         }
         let mut ingress = Vec::new();
         let ipv6 = ingress::pod_has_ipv6();

@@ -12,6 +12,9 @@ use crate::config::EgressMode;
 #[derive(Clone, Debug)]
 pub struct EgressSpec {
     pub addr: SocketAddr,
+    /// The IPv6 listener beside an IPv4 `addr`, when the guest has IPv6
+    /// (`network.ipv6`): its IPv6 connections arrive there.
+    pub addr6: Option<SocketAddr>,
     pub mode: EgressMode,
     /// vmpod's own ports on the pod's addresses: a guest connection there
     /// would loop back into vmpod, so it is refused.

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub const POD_IP: &str = "10.89.0.2";
 pub const CLUSTER_IP: &str = "10.89.0.1";
+/// The pod's and the cluster's IPv6 addresses in a dual-stack sandbox.
+pub const POD_IP6: &str = "fd89::2";
+pub const CLUSTER_IP6: &str = "fd89::1";
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -75,6 +78,16 @@ impl Sandbox {
     /// Creates the namespaces. `test` names the sandbox, so leftovers can be
     /// traced to their test.
     pub fn new(test: &str) -> Sandbox {
+        Sandbox::create(test, false)
+    }
+
+    /// As [`Sandbox::new`], with IPv6 on the pod and the cluster too
+    /// ([`POD_IP6`], [`CLUSTER_IP6`], an IPv6 default route in the pod).
+    pub fn new_dual_stack(test: &str) -> Sandbox {
+        Sandbox::create(test, true)
+    }
+
+    fn create(test: &str, dual_stack: bool) -> Sandbox {
         require(&[
             ("ip", "iproute2"),
             ("unshare", "util-linux"),
@@ -94,7 +107,12 @@ impl Sandbox {
         let state = std::env::temp_dir().join(format!("vmpod-sandbox-{name}"));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).expect("create sandbox state dir");
-        run_ok(Command::new(script()).args(["create", &name]));
+        let mut create = Command::new(script());
+        create.args(["create", &name]);
+        if dual_stack {
+            create.arg("--dual-stack");
+        }
+        run_ok(&mut create);
         let log = state.join("pid1.log");
         Sandbox {
             name,
@@ -108,6 +126,11 @@ impl Sandbox {
     /// `hello.txt` with `content`; it logs client addresses to the returned
     /// file. Killed when the returned server is dropped.
     pub fn cluster_http_server(&self, content: &str) -> (ClusterServer, PathBuf) {
+        self.cluster_http_server_on(CLUSTER_IP, content)
+    }
+
+    /// As [`Sandbox::cluster_http_server`], bound to `bind` (e.g. [`CLUSTER_IP6`]).
+    pub fn cluster_http_server_on(&self, bind: &str, content: &str) -> (ClusterServer, PathBuf) {
         let dir = self.state.join("www");
         std::fs::create_dir_all(&dir).expect("create www dir");
         std::fs::write(dir.join("hello.txt"), content).expect("write hello.txt");
@@ -118,7 +141,7 @@ impl Sandbox {
                 "-m",
                 "http.server",
                 "--bind",
-                CLUSTER_IP,
+                bind,
                 "8080",
                 "--directory",
             ])

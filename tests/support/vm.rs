@@ -45,10 +45,29 @@ pub fn start_vmpod(test: &str, config: &str) -> RunningVm {
 
 /// Like [`start_vmpod`], with `env` (e.g. `LOG_FORMAT`, `RUST_LOG`) for vmpod.
 pub fn start_vmpod_with_env(test: &str, config: &str, env: &[(&str, &str)]) -> RunningVm {
+    start_in(Sandbox::new, test, config, env)
+}
+
+/// Like [`start_vmpod`], in a dual-stack sandbox ([`Sandbox::new_dual_stack`]).
+pub fn start_vmpod_dual_stack(test: &str, config: &str) -> RunningVm {
+    start_in(
+        Sandbox::new_dual_stack,
+        test,
+        config,
+        &[("RUST_LOG", "info")],
+    )
+}
+
+fn start_in(
+    sandbox: fn(&str) -> Sandbox,
+    test: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> RunningVm {
     require_e2e();
     ensure_built();
     let slot = vm_slot();
-    let mut sandbox = Sandbox::new(test);
+    let mut sandbox = sandbox(test);
     let config_path = sandbox.state.join("vm.yaml");
     std::fs::write(&config_path, config).expect("write config");
     let vmpod = env!("CARGO_BIN_EXE_vmpod");

@@ -64,7 +64,7 @@ mod render;
 mod tests;
 
 pub use model::*;
-pub use plan::plan;
+pub use plan::{Ipv6Guest, plan, plan_for};
 
 /// The address family of vmpod's table: one table for IPv4 and IPv6.
 pub const TABLE_FAMILY: &str = "inet";

@@ -88,6 +88,17 @@ impl IpFamily {
     }
 }
 
+/// The ICMPv6 types the guest's IPv6 needs from the pod (RFC 4861).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Icmpv6Type {
+    /// 133
+    RouterSolicit,
+    /// 135
+    NeighborSolicit,
+    /// 136
+    NeighborAdvert,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4Proto {
     Tcp,
@@ -110,6 +121,10 @@ pub enum Match {
     Source(IpNet),
     /// `ip daddr NET` or `ip daddr { NET, ... }`; never empty.
     DestinationIn(IpFamily, Vec<IpNet>),
+    /// `ip6 daddr != NET` or `ip6 daddr != { NET, ... }`; never empty.
+    DestinationNotIn(IpFamily, Vec<IpNet>),
+    /// `icmpv6 type { T, ... }`; never empty.
+    Icmpv6Types(Vec<Icmpv6Type>),
     /// `meta l4proto P`
     Proto(L4Proto),
     /// `meta l4proto != P`

@@ -1,37 +1,58 @@
 //! The planner: the config turned into the table vmpod owns (see the
 //! module comment of [`super`] for what each chain does).
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::model::{
-    Action, Chain, ChainType, FirewallPlan, Hook, IpFamily, L4Proto, Match, Priority, Rule,
+    Action, Chain, ChainType, FirewallPlan, Hook, Icmpv6Type, IpFamily, L4Proto, Match, Priority,
+    Rule,
 };
 use crate::config::{EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
 
-/// Render the table for `config`.
+/// The guest's IPv6 beside its IPv4 network (`network.ipv6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Guest {
+    /// The bridge's IPv6 gateway and its /64.
+    pub gateway: Ipv6Net,
+    pub guest: Ipv6Addr,
+}
+
+/// Render the table for `config`, with IPv6 only if the guest network is.
 pub fn plan(config: &VmConfig) -> FirewallPlan {
+    plan_for(config, None)
+}
+
+/// Render the table for `config`; with `ipv6`, the guest's IPv6 beside its
+/// IPv4 network takes every data path its IPv4 takes.
+pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
     let net = &config.network;
     let egress = &net.egress;
-    let subnet = net.gateway.trunc();
-    let family = IpFamily::of(&subnet);
-    // Validation rejects exclusions of the other family; they could not be
-    // written in this family's match anyway. Aggregation makes the set
-    // canonical (sorted, no overlaps, host bits cleared).
-    let exclude = IpNet::aggregate(
-        &egress
-            .exclude
-            .iter()
-            .filter(|n| IpFamily::of(n) == family)
-            .copied()
-            .collect(),
-    );
-    let guest = Guest {
-        bridge: &net.bridge,
-        subnet,
-        family,
-    };
+    let primary = net.gateway.trunc();
+    let guests: Vec<Guest> = std::iter::once(primary)
+        .chain(ipv6.map(|v6| IpNet::V6(v6.gateway.trunc())))
+        .map(|subnet| {
+            let family = IpFamily::of(&subnet);
+            // Validation rejects exclusions of a family the guest does not
+            // have. Aggregation makes the set canonical (sorted, no
+            // overlaps, host bits cleared).
+            let exclude = IpNet::aggregate(
+                &egress
+                    .exclude
+                    .iter()
+                    .filter(|n| IpFamily::of(n) == family)
+                    .copied()
+                    .collect(),
+            );
+            Guest {
+                bridge: &net.bridge,
+                subnet,
+                family,
+                exclude,
+            }
+        })
+        .collect();
     let dnat: Vec<&Ingress> = net.ingress.iter().filter(|i| !i.is_proxied()).collect();
 
     let mut chains = Vec::new();
@@ -70,22 +91,28 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                     actions: vec![Action::Return],
                     comment: "the guest answering a connection made to it (dnat ingress): not a new egress connection".into(),
                 }),
-                guest.exclusions_return(&exclude),
-                Some(Rule {
-                    matches: guest.new_tcp(),
-                    actions: vec![
-                        Action::Tproxy(family, egress.listen_port),
-                        Action::SetMark(egress.fwmark),
-                        Action::Accept,
-                    ],
-                    comment: format!(
-                        "new guest TCP connection: to the egress proxy on port {}",
-                        egress.listen_port
-                    ),
-                }),
             ]
             .into_iter()
             .flatten()
+            .chain(guests.iter().flat_map(|guest| {
+                [
+                    guest.exclusions_return(),
+                    Some(Rule {
+                        matches: guest.new_tcp(),
+                        actions: vec![
+                            Action::Tproxy(guest.family, egress.listen_port),
+                            Action::SetMark(egress.fwmark),
+                            Action::Accept,
+                        ],
+                        comment: format!(
+                            "new guest TCP connection: to the egress proxy on port {}",
+                            egress.listen_port
+                        ),
+                    }),
+                ]
+                .into_iter()
+                .flatten()
+            }))
             .collect(),
         }),
         EgressMode::Redirect | EgressMode::Kernel => {}
@@ -95,7 +122,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         kind: ChainType::Nat,
         hook: Hook::Prerouting,
         priority: Priority::BeforeDstNat,
-        rules: guest_nat_first(config, &guest, &exclude),
+        rules: guest_nat_first(config, &guests),
     });
     chains.push(Chain {
         name: "pod_to_guest_nat_first",
@@ -113,42 +140,10 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             .collect(),
     });
 
-    let udp = egress.udp == UdpEgress::Masquerade;
-    let masquerade = if egress.mode.uses_proxy() {
-        let mut rules = Vec::new();
-        if !exclude.is_empty() {
-            rules.push(guest.masquerade(
-                vec![
-                    Match::DestinationIn(family, exclude.clone()),
-                    Match::Proto(L4Proto::Tcp),
-                ],
-                "guest TCP to an excluded destination bypasses the proxy: give it the pod's address",
-            ));
-        }
-        if udp {
-            rules.push(guest.masquerade(
-                vec![Match::Proto(L4Proto::Udp)],
-                "guest UDP is not proxied: give it the pod's address",
-            ));
-        }
-        // The proxy carries only TCP; without this, ping from the guest
-        // would leave with the guest's address and never get an answer.
-        rules.push(guest.masquerade(
-            vec![Match::Proto(L4Proto::Icmp(family))],
-            "guest ICMP is not proxied: give it the pod's address so ping works",
-        ));
-        rules
-    } else if udp {
-        vec![guest.masquerade(
-            vec![],
-            "kernel egress mode: all guest traffic leaves with the pod's address",
-        )]
-    } else {
-        vec![guest.masquerade(
-            vec![Match::NotProto(L4Proto::Udp)],
-            "kernel egress mode: guest traffic but UDP (udp: off) leaves with the pod's address",
-        )]
-    };
+    let masquerade = guests
+        .iter()
+        .flat_map(|guest| masquerade(config, guest))
+        .collect();
     chains.push(Chain {
         name: "egress_masquerade",
         kind: ChainType::Nat,
@@ -156,24 +151,49 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         priority: Priority::SrcNat,
         rules: masquerade,
     });
+    let mut input = vec![Rule {
+        matches: vec![
+            Match::InInterface(net.bridge.clone()),
+            Match::LocalDestination,
+            Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
+        ],
+        actions: vec![Action::RejectWithTcpReset],
+        comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
+    }];
+    if ipv6.is_some() {
+        // The policy accepts them anyway; written out so that they are
+        // seen in `nft list` as what the guest's IPv6 needs from the pod.
+        input.push(Rule {
+            matches: vec![
+                Match::InInterface(net.bridge.clone()),
+                Match::Icmpv6Types(vec![
+                    Icmpv6Type::RouterSolicit,
+                    Icmpv6Type::NeighborSolicit,
+                    Icmpv6Type::NeighborAdvert,
+                ]),
+            ],
+            actions: vec![Action::Accept],
+            comment: "the guest's router and neighbour discovery: answered by the RA server and the kernel".into(),
+        });
+        input.push(Rule {
+            matches: vec![
+                Match::InInterface(net.bridge.clone()),
+                Match::DestinationPort(L4Proto::Udp, 547),
+            ],
+            actions: vec![Action::Accept],
+            comment: "the guest's DHCPv6 client: answered by vmpod's DHCPv6 server".into(),
+        });
+    }
     chains.push(Chain {
         name: "guest_input",
         kind: ChainType::Filter,
         hook: Hook::Input,
         priority: Priority::Filter,
-        rules: vec![Rule {
-            matches: vec![
-                Match::InInterface(net.bridge.clone()),
-                Match::LocalDestination,
-                Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
-            ],
-            actions: vec![Action::RejectWithTcpReset],
-            comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
-        }],
+        rules: input,
     });
 
     if !dnat.is_empty() {
-        chains.extend(dnat_chains(config, &dnat));
+        chains.extend(dnat_chains(config, &dnat, ipv6));
     }
 
     FirewallPlan { chains }
@@ -187,33 +207,35 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
 /// wins. In redirect mode the binding is the redirect to the egress
 /// listener; everything else gets an identity DNAT (the destination it
 /// already has).
-fn guest_nat_first(config: &VmConfig, guest: &Guest, exclude: &[IpNet]) -> Vec<Rule> {
+fn guest_nat_first(config: &VmConfig, guests: &[Guest]) -> Vec<Rule> {
     let egress = &config.network.egress;
     let mut rules = Vec::new();
     if egress.mode == EgressMode::Redirect {
-        if !exclude.is_empty() {
+        for guest in guests {
+            if !guest.exclude.is_empty() {
+                rules.push(Rule {
+                    matches: vec![
+                        Match::InInterface(guest.bridge.clone()),
+                        Match::Source(guest.subnet),
+                        Match::DestinationIn(guest.family, guest.exclude.clone()),
+                    ],
+                    actions: vec![Action::DnatToOwnDestination(guest.family)],
+                    comment: "excluded destination: not proxied, the kernel forwards it".into(),
+                });
+            }
             rules.push(Rule {
-                matches: vec![
-                    Match::InInterface(guest.bridge.clone()),
-                    Match::Source(guest.subnet),
-                    Match::DestinationIn(guest.family, exclude.to_vec()),
-                ],
-                actions: vec![Action::DnatToOwnDestination(guest.family)],
-                comment: "excluded destination: not proxied, the kernel forwards it".into(),
+                matches: guest.new_tcp(),
+                actions: vec![Action::Redirect(egress.listen_port)],
+                comment: format!(
+                    "new guest TCP connection: to the egress proxy on port {}",
+                    egress.listen_port
+                ),
             });
         }
-        rules.push(Rule {
-            matches: guest.new_tcp(),
-            actions: vec![Action::Redirect(egress.listen_port)],
-            comment: format!(
-                "new guest TCP connection: to the egress proxy on port {}",
-                egress.listen_port
-            ),
-        });
     }
     for family in [IpFamily::V4, IpFamily::V6] {
         rules.push(Rule {
-            matches: vec![Match::InInterface(guest.bridge.clone())],
+            matches: vec![Match::InInterface(config.network.bridge.clone())],
             actions: vec![Action::DnatToOwnDestination(family)],
             comment: "new connection from the guest: NAT bound to its own destination, so no mesh redirects it to its inbound port".into(),
         });
@@ -228,10 +250,60 @@ fn loopback_v4() -> IpNet {
     )
 }
 
-/// The chains of `mode: dnat` ingress ports (see the module comment).
-fn dnat_chains(config: &VmConfig, ports: &[&Ingress]) -> Vec<Chain> {
+/// What a guest's traffic the proxy does not carry gets: the pod's address.
+fn masquerade(config: &VmConfig, guest: &Guest) -> Vec<Rule> {
+    let egress = &config.network.egress;
+    let udp = egress.udp == UdpEgress::Masquerade;
+    if egress.mode.uses_proxy() {
+        let mut rules = Vec::new();
+        if !guest.exclude.is_empty() {
+            rules.push(guest.masquerade(
+                vec![
+                    Match::DestinationIn(guest.family, guest.exclude.clone()),
+                    Match::Proto(L4Proto::Tcp),
+                ],
+                "guest TCP to an excluded destination bypasses the proxy: give it the pod's address",
+            ));
+        }
+        if udp {
+            rules.push(guest.masquerade(
+                vec![Match::Proto(L4Proto::Udp)],
+                "guest UDP is not proxied: give it the pod's address",
+            ));
+        }
+        // The proxy carries only TCP; without this, ping from the guest
+        // would leave with the guest's address and never get an answer.
+        rules.push(guest.masquerade(
+            vec![Match::Proto(L4Proto::Icmp(guest.family))],
+            "guest ICMP is not proxied: give it the pod's address so ping works",
+        ));
+        rules
+    } else if udp {
+        vec![guest.masquerade(
+            vec![],
+            "kernel egress mode: all guest traffic leaves with the pod's address",
+        )]
+    } else {
+        vec![guest.masquerade(
+            vec![Match::NotProto(L4Proto::Udp)],
+            "kernel egress mode: guest traffic but UDP (udp: off) leaves with the pod's address",
+        )]
+    }
+}
+
+/// The chains of `mode: dnat` ingress ports (see the module comment); with
+/// `ipv6`, the pod's IPv6 addresses forward to the guest's too.
+fn dnat_chains(config: &VmConfig, ports: &[&Ingress], ipv6: Option<Ipv6Guest>) -> Vec<Chain> {
     let net = &config.network;
-    let to = |ing: &Ingress| Action::Dnat(SocketAddr::new(net.guest_ip, ing.guest_port()));
+    let ports: Vec<(&Ingress, IpAddr)> = ports
+        .iter()
+        .flat_map(|ing| {
+            std::iter::once((*ing, net.guest_ip)).chain(ipv6.map(|v6| (*ing, IpAddr::V6(v6.guest))))
+        })
+        .collect();
+    let ports = ports.as_slice();
+    let to =
+        |(ing, guest): &(&Ingress, IpAddr)| Action::Dnat(SocketAddr::new(*guest, ing.guest_port()));
     let port = |ing: &Ingress| {
         let proto = match ing.protocol {
             Protocol::Tcp => L4Proto::Tcp,
@@ -241,29 +313,29 @@ fn dnat_chains(config: &VmConfig, ports: &[&Ingress]) -> Vec<Chain> {
     };
     let from_outside = ports
         .iter()
-        .map(|ing| Rule {
+        .map(|pair| Rule {
             matches: vec![
                 Match::NotInInterface(net.bridge.clone()),
                 Match::LocalDestination,
-                port(ing),
+                port(pair.0),
             ],
-            actions: vec![to(ing)],
+            actions: vec![to(pair)],
             comment: format!(
                 "dnat ingress {}: pod port {}/{} to the guest",
-                ing.name,
-                ing.port,
-                ing.protocol.as_str()
+                pair.0.name,
+                pair.0.port,
+                pair.0.protocol.as_str()
             ),
         })
         .collect();
     let from_pod = ports
         .iter()
-        .map(|ing| Rule {
-            matches: vec![Match::LocalDestination, port(ing)],
-            actions: vec![to(ing)],
+        .map(|pair| Rule {
+            matches: vec![Match::LocalDestination, port(pair.0)],
+            actions: vec![to(pair)],
             comment: format!(
                 "dnat ingress {}: the pod's own connections, e.g. a sidecar's from 127.0.0.6",
-                ing.name
+                pair.0.name
             ),
         })
         .collect();
@@ -310,25 +382,39 @@ struct Guest<'a> {
     bridge: &'a IfName,
     subnet: IpNet,
     family: IpFamily,
+    /// `network.egress.exclude` of this family, aggregated.
+    exclude: Vec<IpNet>,
 }
 
 impl Guest<'_> {
     /// Guest TCP entering from the bridge to an address not of this pod.
+    /// IPv6's link-local and multicast destinations are left out: they are
+    /// on the link (or no TCP at all), never the cluster's.
     fn new_tcp(&self) -> Vec<Match> {
-        vec![
+        let mut matches = vec![
             Match::InInterface(self.bridge.clone()),
             Match::Source(self.subnet),
             Match::Proto(L4Proto::Tcp),
             Match::NotLocalDestination,
-        ]
+        ];
+        if self.family == IpFamily::V6 {
+            matches.push(Match::DestinationNotIn(
+                IpFamily::V6,
+                vec![
+                    "fe80::/10".parse().expect("valid literal"),
+                    "ff00::/8".parse().expect("valid literal"),
+                ],
+            ));
+        }
+        matches
     }
 
-    fn exclusions_return(&self, exclude: &[IpNet]) -> Option<Rule> {
-        (!exclude.is_empty()).then(|| Rule {
+    fn exclusions_return(&self) -> Option<Rule> {
+        (!self.exclude.is_empty()).then(|| Rule {
             matches: vec![
                 Match::InInterface(self.bridge.clone()),
                 Match::Source(self.subnet),
-                Match::DestinationIn(self.family, exclude.to_vec()),
+                Match::DestinationIn(self.family, self.exclude.clone()),
             ],
             actions: vec![Action::Return],
             comment: "excluded destination: not proxied, the kernel forwards it".into(),

@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{
-    Action, Chain, ChainType, FirewallPlan, Hook, IpFamily, L4Proto, Match, Priority, Rule,
+    Action, Chain, ChainType, FirewallPlan, Hook, Icmpv6Type, IpFamily, L4Proto, Match, Priority,
+    Rule,
 };
 use super::{TABLE_FAMILY, TABLE_NAME};
 
@@ -128,6 +129,24 @@ impl fmt::Display for Match {
                     }
                 }
             }
+            Match::DestinationNotIn(family, nets) => {
+                write!(f, "{family} daddr != ")?;
+                match nets.as_slice() {
+                    [one] => write!(f, "{}", Prefix(one)),
+                    many => {
+                        let list: Vec<String> =
+                            many.iter().map(|n| Prefix(n).to_string()).collect();
+                        write!(f, "{{ {} }}", list.join(", "))
+                    }
+                }
+            }
+            Match::Icmpv6Types(types) => {
+                let list: Vec<&str> = types.iter().map(|t| t.nft_name()).collect();
+                match list.as_slice() {
+                    [one] => write!(f, "icmpv6 type {one}"),
+                    many => write!(f, "icmpv6 type {{ {} }}", many.join(", ")),
+                }
+            }
             Match::Proto(p) => write!(f, "meta l4proto {p}"),
             Match::NotProto(p) => write!(f, "meta l4proto != {p}"),
             Match::NotInitialSyn => f.write_str("tcp flags != syn / syn,ack"),
@@ -144,6 +163,17 @@ impl fmt::Display for Match {
                     write!(f, "tcp dport {{ {} }}", list.join(", "))
                 }
             },
+        }
+    }
+}
+
+impl Icmpv6Type {
+    /// The name `nft list` prints.
+    fn nft_name(self) -> &'static str {
+        match self {
+            Icmpv6Type::RouterSolicit => "nd-router-solicit",
+            Icmpv6Type::NeighborSolicit => "nd-neighbor-solicit",
+            Icmpv6Type::NeighborAdvert => "nd-neighbor-advert",
         }
     }
 }

@@ -209,7 +209,7 @@ fn ipv6_uses_ip6_and_icmpv6() {
         "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  egress:\n    exclude: [fd00:96::/64, fd00:97::/64]\n",
     );
     for want in [
-        "iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto tcp fib daddr type != local tproxy ip6 to :9401",
+        "iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto tcp fib daddr type != local ip6 daddr != { fe80::/10, ff00::/8 } tproxy ip6 to :9401",
         "ip6 daddr { fd00:96::/64, fd00:97::/64 } return",
         "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto udp masquerade",
         "ip6 saddr fd00:1::/64 oifname != \"br6\" meta l4proto icmpv6 masquerade",
@@ -418,4 +418,37 @@ fn every_new_guest_connection_is_nat_bound_before_any_mesh() {
             "{mode}: {s}"
         );
     }
+}
+
+#[test]
+fn dual_stack_sends_the_guests_ipv6_through_every_path() {
+    let c = config(
+        "network:\n  ipv6: on\n  ingress:\n    - name: http\n      port: 9080\n      mode: dnat\n",
+    );
+    let (gw, guest) = c.ipv6_addresses();
+    let v6 = super::Ipv6Guest { gateway: gw, guest };
+    let s = super::plan_for(&c, Some(v6)).script();
+    let prefix = gw.trunc();
+    for want in [
+        format!(
+            "ip6 saddr {prefix} meta l4proto tcp fib daddr type != local ip6 daddr != {{ fe80::/10, ff00::/8 }} tproxy ip6 to :9401"
+        ),
+        "ip saddr 10.0.1.0/24 meta l4proto tcp fib daddr type != local tproxy ip to :9401"
+            .to_string(),
+        format!("ip6 saddr {prefix} oifname != \"virbr0\" meta l4proto udp masquerade"),
+        format!("ip6 saddr {prefix} oifname != \"virbr0\" meta l4proto icmpv6 masquerade"),
+        "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
+            .to_string(),
+        "udp dport 547 accept".to_string(),
+        format!("tcp dport 9080 dnat ip6 to [{guest}]:9080"),
+        "tcp dport 9080 dnat ip to 10.0.1.2:9080".to_string(),
+    ] {
+        assert!(s.contains(&want), "missing `{want}` in {s}");
+    }
+    // Without IPv6 none of it.
+    let v4 = plan(&c).script();
+    assert!(
+        !v4.contains("ip6 saddr") && !v4.contains("udp dport 547"),
+        "{v4}"
+    );
 }
