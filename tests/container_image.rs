@@ -431,7 +431,8 @@ fn every_capability_of_the_set_is_needed() {
         let without: Vec<String> = set.iter().filter(|c| c != cap).cloned().collect();
         // Without KILL the guest boots; the others fail before it starts.
         let _slot = (*cap == "KILL").then(vm_slot);
-        let sandbox = Sandbox::new(&format!("no{cap}"));
+        // Dual-stack, so that `network.ipv6: auto` starts the RA server that needs NET_RAW.
+        let sandbox = Sandbox::new_dual_stack(&format!("no{cap}"));
         let container = start(&sandbox, &guest, &without, &pod_security.sysctls);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

@@ -623,6 +623,13 @@ fn the_pod_sysctls_are_the_ones_vmpod_needs() {
         let pod_key = if key.starts_with("net.ipv4.conf.") && !key.starts_with("net.ipv4.conf.all.")
         {
             "net.ipv4.conf.default.rp_filter".to_string()
+        } else if let Some(rest) = key.strip_prefix("net.ipv6.conf.")
+            && !rest.starts_with("all.")
+        {
+            // The bridge's IPv6 keys (printed when this host has IPv6, so that
+            // `network.ipv6: auto` turns it on) inherit `default` too.
+            let setting = rest.rsplit('.').next().expect("a setting");
+            format!("net.ipv6.conf.default.{setting}")
         } else {
             key.to_string()
         };
