@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::addressing::AddressingPlan;
-use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
+use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig};
 use crate::dhcp::DhcpConfigError;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
@@ -21,8 +21,9 @@ use crate::net::sysctl;
 use crate::relay::copy::Timeouts;
 use crate::relay::proxy::ProxySettings;
 use crate::relay::socket::Keepalive;
-use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan};
+use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan, UdpEgressSpec};
 use crate::relay::udp::UdpSettings;
+use crate::relay::udp_egress::UdpEgressSettings;
 
 /// What a listener is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +259,15 @@ fn relays(config: &VmConfig) -> RelayPlan {
         guarded_ports: config.own_ports(),
         settings,
     });
+    let e = &net.egress;
+    let udp_egress = (e.udp == UdpEgress::Relay).then(|| UdpEgressSpec {
+        addr: SocketAddr::new(any_addr(config), e.listen_port),
+        settings: UdpEgressSettings {
+            idle: e.udp_idle_timeout.0,
+            stream: e.udp_stream_timeout.0,
+            max_sessions: e.udp_max_sessions,
+        },
+    });
     // Ingress listens on both families whatever the guest's: a client
     // reaches the pod by whichever address it has. dnat ports have no
     // listener: the firewall section shows their rules.
@@ -280,7 +290,11 @@ fn relays(config: &VmConfig) -> RelayPlan {
             }
         })
         .collect();
-    RelayPlan { egress, ingress }
+    RelayPlan {
+        egress,
+        udp_egress,
+        ingress,
+    }
 }
 
 /// The DHCP server's and the DNS forwarder's sockets.
@@ -332,6 +346,22 @@ fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> 
             addr: e.addr,
             only_with_pod_ipv6: false,
             target: format!("guest TCP to its original destination, {how}"),
+        });
+    }
+    if let Some(u) = &relays.udp_egress {
+        let s = &u.settings;
+        out.push(Listener {
+            kind: ListenerKind::Egress,
+            field: "network.egress.listen_port".into(),
+            protocol: Protocol::Udp,
+            addr: u.addr,
+            only_with_pod_ipv6: false,
+            target: format!(
+                "guest UDP to its original destination (IP_TRANSPARENT, IP_RECVORIGDSTADDR), a session per guest address and destination with its own pod socket, idle {}s, {}s once answered, at most {} sessions",
+                s.idle.as_secs(),
+                s.stream.as_secs(),
+                s.max_sessions
+            ),
         });
     }
     for ing in &relays.ingress {

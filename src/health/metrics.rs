@@ -23,6 +23,8 @@ use super::{Health, RelayHandle, ServiceHandles, lock};
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
 use crate::relay::stats::RelayStats;
+use crate::relay::udp_egress::{DropReason, UdpEgressStats};
+use std::sync::Arc;
 
 /// The content type of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -62,6 +64,7 @@ struct Snapshot {
     firewall_reconciliations: u64,
     route_reconciliations: u64,
     relays: Vec<RelayHandle>,
+    udp_egress: Option<Arc<UdpEgressStats>>,
     services: Option<ServiceHandles>,
     process: ProcessStats,
 }
@@ -86,6 +89,7 @@ impl Snapshot {
             firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
             route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
             relays: lock(&h.relays).clone(),
+            udp_egress: lock(&h.udp_egress).clone(),
             services: lock(&h.services).clone(),
             process: procfs::process_stats(),
         }
@@ -296,6 +300,9 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        if let Some(u) = &self.udp_egress {
+            udp_egress_metrics(e, u)?;
+        }
         if let Some(services) = &self.services {
             if let Some(d) = &services.dhcp {
                 dhcp_metrics(e, d)?;
@@ -366,6 +373,53 @@ fn labelled(
         samples
             .iter()
             .map(|(v, n)| (vec![(label, v.to_string())], ConstCounter::new(*n))),
+    )
+}
+
+fn udp_egress_metrics(e: &mut DescriptorEncoder, u: &UdpEgressStats) -> Result<(), fmt::Error> {
+    let get = UdpEgressStats::get;
+    gauge(
+        e,
+        "vmpod_udp_egress_sessions_active",
+        "UDP egress sessions (guest address, original destination) open now.",
+        get(&u.sessions_active) as i64,
+    )?;
+    counter(
+        e,
+        "vmpod_udp_egress_sessions_opened",
+        "UDP egress sessions opened.",
+        get(&u.sessions_opened),
+    )?;
+    counter(
+        e,
+        "vmpod_udp_egress_sessions_evicted",
+        "UDP egress sessions ended by their idle timeout.",
+        get(&u.sessions_evicted),
+    )?;
+    labelled(
+        e,
+        "vmpod_udp_egress_datagrams",
+        "Datagrams relayed: out is from the guest, in is the answers to it.",
+        "direction",
+        &[("out", get(&u.datagrams_out)), ("in", get(&u.datagrams_in))],
+    )?;
+    labelled(
+        e,
+        "vmpod_udp_egress_bytes",
+        "UDP payload bytes relayed: out is from the guest, in is the answers to it.",
+        "direction",
+        &[("out", get(&u.bytes_out)), ("in", get(&u.bytes_in))],
+    )?;
+    let drops: Vec<(&str, u64)> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), u.dropped(*r)))
+        .collect();
+    labelled(
+        e,
+        "vmpod_udp_egress_dropped",
+        "Datagrams of the guest or its peers not relayed, by reason.",
+        "reason",
+        &drops,
     )
 }
 

@@ -18,3 +18,4 @@ pub mod splice;
 pub mod standalone;
 pub mod stats;
 pub mod udp;
+pub mod udp_egress;

@@ -83,6 +83,28 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                         egress.listen_port
                     ),
                 }),
+                // Every datagram, not only a flow's first: TPROXY itself
+                // finds the session's connected reply socket when there is
+                // one, else hands the datagram to the listener. Local
+                // destinations (the DNS forwarder on the gateway, vmpod's
+                // ports), broadcast and multicast are not unicast.
+                (egress.udp == UdpEgress::Relay).then(|| Rule {
+                    matches: vec![
+                        Match::InInterface(net.bridge.clone()),
+                        Match::Source(subnet),
+                        Match::Proto(L4Proto::Udp),
+                        Match::UnicastDestination,
+                    ],
+                    actions: vec![
+                        Action::Tproxy(family, egress.listen_port),
+                        Action::SetMark(egress.fwmark),
+                        Action::Accept,
+                    ],
+                    comment: format!(
+                        "guest UDP to a unicast address elsewhere: to the UDP egress relay on port {}",
+                        egress.listen_port
+                    ),
+                }),
             ]
             .into_iter()
             .flatten()
@@ -113,7 +135,10 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
             .collect(),
     });
 
-    let udp = egress.udp == UdpEgress::Masquerade;
+    // With `udp: relay` the relayed datagrams are delivered locally and
+    // never reach postrouting; what does (excluded destinations, multicast)
+    // leaves as with masquerade.
+    let udp = egress.udp != UdpEgress::Off;
     let masquerade = if egress.mode.uses_proxy() {
         let mut rules = Vec::new();
         if !exclude.is_empty() {
@@ -128,7 +153,11 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         if udp {
             rules.push(guest.masquerade(
                 vec![Match::Proto(L4Proto::Udp)],
-                "guest UDP is not proxied: give it the pod's address",
+                if egress.udp == UdpEgress::Relay {
+                    "guest UDP the relay does not carry (excluded, multicast): give it the pod's address"
+                } else {
+                    "guest UDP is not proxied: give it the pod's address"
+                },
             ));
         }
         // The proxy carries only TCP; without this, ping from the guest
