@@ -662,6 +662,47 @@ mod tests {
     }
 
     #[test]
+    fn udp_egress_counters_appear_only_with_the_relay() {
+        let h = health();
+        let text = encode(&h, false);
+        assert!(!text.contains("vmpod_udp_egress"), "{text}");
+        let u = Arc::new(UdpEgressStats::default());
+        u.sessions_active.store(2, Ordering::Relaxed);
+        u.datagrams_out.store(7, Ordering::Relaxed);
+        u.bytes_in.store(300, Ordering::Relaxed);
+        *lock(&h.udp_egress) = Some(u);
+        let text = encode(&h, false);
+        assert_eq!(
+            value(&text, "vmpod_udp_egress_sessions_active", ""),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_udp_egress_datagrams_total",
+                "direction=\"out\""
+            ),
+            Some(7.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "vmpod_udp_egress_bytes_total", "direction=\"in\""),
+            Some(300.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_udp_egress_dropped_total",
+                "reason=\"session_limit\""
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn relay_counters_are_read_at_scrape_time() {
         let h = health();
         let ingress = Arc::new(RelayStats::default());
