@@ -2,7 +2,7 @@
 //! hard limit at start (a container's soft limit is often 1024, far below
 //! what `max_connections: 10000` needs), and says at start when the relays'
 //! limits cannot fit: each relayed TCP connection holds two descriptors,
-//! each UDP session one.
+//! each UDP ingress session one, each UDP egress session two.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
@@ -64,6 +64,12 @@ pub fn needs(plan: &RelayPlan) -> Vec<Need> {
         out.push(Need {
             what: format!("egress max_connections {} × 2", e.settings.max_connections),
             fds: 2 * u64::from(e.settings.max_connections),
+        });
+    }
+    if let Some(u) = &plan.udp_egress {
+        out.push(Need {
+            what: format!("egress udp_max_sessions {} × 2", u.settings.max_sessions),
+            fds: 2 * u64::from(u.settings.max_sessions),
         });
     }
     for i in &plan.ingress {

@@ -89,6 +89,22 @@ enum RelayCommand {
         #[command(flatten)]
         tuning: RelayTuning,
     },
+    /// Relay UDP that a TPROXY rule and policy route (set up by the caller)
+    /// divert to --listen to its original destination, a session per
+    /// sender and destination, as `network.egress.udp: relay` does.
+    UdpEgress {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// Sessions at once; datagrams that would open more are dropped.
+        #[arg(long, default_value_t = 4096)]
+        max_sessions: u32,
+        /// A session with datagrams one way only ends after this long idle.
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        idle_timeout: config::HumanDuration,
+        /// A session with datagrams both ways ends after this long idle.
+        #[arg(long, value_name = "DURATION", default_value = "120s")]
+        stream_timeout: config::HumanDuration,
+    },
 }
 
 /// Limits and timeouts of a standalone relay; the defaults are `vmpod run`'s.
@@ -341,6 +357,12 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
     use vmpod::config::EgressMode;
     use vmpod::relay::standalone::{self, Standalone};
     let (relay, tuning) = match command {
+        RelayCommand::UdpEgress {
+            listen,
+            max_sessions,
+            idle_timeout,
+            stream_timeout,
+        } => return relay_udp_egress(listen, max_sessions, idle_timeout, stream_timeout),
         RelayCommand::Ingress { listen, to, tuning } => {
             (Standalone::Ingress { listen, to }, tuning)
         }
@@ -362,6 +384,31 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
         fds: 2 * u64::from(tuning.max_connections),
     }]);
     match standalone::run(relay, tuning.settings(), tuning.drain_timeout.0) {
+        Ok(stats) => {
+            tracing::info!(?stats, "relay stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmpod relay: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn relay_udp_egress(
+    listen: std::net::SocketAddr,
+    max_sessions: u32,
+    idle: config::HumanDuration,
+    stream: config::HumanDuration,
+) -> ExitCode {
+    use vmpod::relay::udp_egress::UdpEgressSettings;
+    vmpod::fdlimit::raise_nofile_or_warn();
+    let settings = UdpEgressSettings {
+        idle: idle.0,
+        stream: stream.0,
+        max_sessions: max_sessions.max(1),
+    };
+    match vmpod::relay::standalone::run_udp_egress(listen, settings) {
         Ok(stats) => {
             tracing::info!(?stats, "relay stopped");
             ExitCode::SUCCESS

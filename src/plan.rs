@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::{IpNet, Ipv6Net};
 
 use crate::addressing::{AddressingError, AddressingPlan};
-use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
+use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig};
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -22,8 +22,9 @@ use crate::net::sysctl;
 use crate::relay::copy::Timeouts;
 use crate::relay::proxy::ProxySettings;
 use crate::relay::socket::Keepalive;
-use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan};
+use crate::relay::spec::{EgressSpec, IngressRelay, IngressSpec, RelayPlan, UdpEgressSpec};
 use crate::relay::udp::UdpSettings;
+use crate::relay::udp_egress::UdpEgressSettings;
 
 /// What a listener is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,6 +302,16 @@ fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
         guarded_ports: config.own_ports(),
         settings,
     });
+    let e = &net.egress;
+    let udp_egress = (e.udp == UdpEgress::Relay).then(|| UdpEgressSpec {
+        addr: SocketAddr::new(any_addr(config), e.listen_port),
+        addr6: ipv6.then(|| SocketAddr::new(IpAddr::from([0u16; 8]), e.listen_port)),
+        settings: UdpEgressSettings {
+            idle: e.udp_idle_timeout.0,
+            stream: e.udp_stream_timeout.0,
+            max_sessions: e.udp_max_sessions,
+        },
+    });
     // Ingress listens on both families whatever the guest's: a client
     // reaches the pod by whichever address it has. dnat ports have no
     // listener: the firewall section shows their rules.
@@ -323,7 +334,11 @@ fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
             }
         })
         .collect();
-    RelayPlan { egress, ingress }
+    RelayPlan {
+        egress,
+        udp_egress,
+        ingress,
+    }
 }
 
 /// The DHCP server's and the DNS forwarder's sockets.
@@ -391,6 +406,24 @@ fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> 
                 only_with_pod_ipv6: false,
                 target: format!("guest TCP to its original destination, {how}"),
             });
+        }
+    }
+    if let Some(u) = &relays.udp_egress {
+        for addr in std::iter::once(u.addr).chain(u.addr6) {
+            let s = &u.settings;
+            out.push(Listener {
+            kind: ListenerKind::Egress,
+            field: "network.egress.listen_port".into(),
+            protocol: Protocol::Udp,
+            addr,
+            only_with_pod_ipv6: false,
+            target: format!(
+                "guest UDP to its original destination (IP_TRANSPARENT, IP_RECVORIGDSTADDR), a session per guest address and destination with its own pod socket, idle {}s, {}s once answered, at most {} sessions",
+                s.idle.as_secs(),
+                s.stream.as_secs(),
+                s.max_sessions
+            ),
+        });
         }
     }
     for ing in &relays.ingress {

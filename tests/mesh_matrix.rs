@@ -362,6 +362,15 @@ struct Case {
 
 impl Case {
     fn start(mesh: Option<&'static Mesh>, mode: &'static str) -> Case {
+        Case::start_with(mesh, mode, |t| t)
+    }
+
+    /// [`Case::start`] with `edit` applied to the config's text.
+    fn start_with(
+        mesh: Option<&'static Mesh>,
+        mode: &'static str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Case {
         require_tools();
         let test = format!("mx{}{mode}", mesh.map_or("none", |m| m.name));
         let net = PodNet::new(&test.replace('-', ""));
@@ -375,7 +384,7 @@ impl Case {
         let servers = Servers::start(&net.cluster, CLUSTER_IP);
         let before_vmpod = pod_state(&net.pod);
         let mesh_before = mesh_tables(&net.pod, mesh);
-        let vmpod = Some(net.start_vmpod(config(mode, |t| t)));
+        let vmpod = Some(net.start_vmpod(config(mode, edit)));
         Case {
             mesh,
             mode,
@@ -622,6 +631,110 @@ fn dns_case(mesh: &'static Mesh) {
     }
     task.abort();
     case.finish();
+}
+
+// ---- UDP egress as the pod ----------------------------------------------
+
+/// `udp: relay` under `mesh`: 20 guest sockets, two datagrams each, to a UDP
+/// echo server in the cluster; the server sees only the pod's address, each
+/// guest socket gets its answers from the address it sent to, and the
+/// mesh's tables are untouched. No mesh of the fixtures captures UDP but
+/// DNS, so the relay's datagrams pass it as the pod's own.
+fn udp_case(mesh: Option<&'static Mesh>) {
+    use std::sync::{Arc, Mutex};
+    use tokio::net::UdpSocket;
+    let case = Case::start_with(mesh, "tproxy", |t| {
+        t.replace("    udp: masquerade\n", "    udp: relay\n")
+    });
+    let echo: SocketAddr = format!("{CLUSTER_IP}:7007").parse().unwrap();
+    let seen: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let s = seen.clone();
+    let server = case
+        .net
+        .cluster
+        .run(async move { UdpSocket::bind(echo).await.unwrap() });
+    let echo_task = case.net.cluster.spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            s.lock().unwrap().push(from);
+            let _ = server.send_to(&buf[..n], from).await;
+        }
+    });
+    let answered = case.net.guest.run(async move {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            tasks.push(tokio::spawn(async move {
+                let s = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+                s.connect(echo).await.unwrap();
+                let mut ok = 0;
+                for r in 0..2 {
+                    let msg = format!("{i}/{r}");
+                    s.send(msg.as_bytes()).await.unwrap();
+                    let mut buf = [0u8; 64];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(3), s.recv(&mut buf)).await
+                        && &buf[..n] == msg.as_bytes()
+                    {
+                        ok += 1;
+                    }
+                }
+                ok
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let report = case.report();
+    assert_eq!(answered, vec![2; 20], "answers per guest socket:\n{report}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 40, "{report}");
+    assert!(
+        seen.iter().all(|a| a.ip().to_string() == POD_IP),
+        "the cluster server must see only the pod's address: {seen:?}\n{report}"
+    );
+    let stats = case.vmpod().relays().udp_egress.clone().expect("udp relay");
+    assert_eq!(
+        vmpod::relay::udp_egress::UdpEgressStats::get(&stats.sessions_opened),
+        20,
+        "{report}"
+    );
+    assert_eq!(
+        mesh_tables(&case.net.pod, mesh),
+        case.mesh_before,
+        "the mesh's tables with the UDP relay running:\n{report}"
+    );
+    echo_task.abort();
+    case.finish();
+}
+
+mod udp_relay {
+    #[test]
+    fn no_mesh() {
+        super::udp_case(None);
+    }
+    #[test]
+    fn istio_iptables() {
+        super::udp_case(Some(&super::ISTIO_IPTABLES));
+    }
+    #[test]
+    fn istio_nftables() {
+        super::udp_case(Some(&super::ISTIO_NFTABLES));
+    }
+    #[test]
+    fn istio_tproxy() {
+        super::udp_case(Some(&super::ISTIO_TPROXY));
+    }
+    #[test]
+    fn istio_ambient() {
+        super::udp_case(Some(&super::AMBIENT));
+    }
+    #[test]
+    fn linkerd() {
+        super::udp_case(Some(&super::LINKERD));
+    }
 }
 
 // ---- the matrix ----------------------------------------------------------

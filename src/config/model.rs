@@ -278,6 +278,18 @@ pub struct Egress {
     pub half_close_timeout: HumanDuration,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// `udp: relay`: a session that has carried datagrams one way only ends
+    /// after this long without one (conntrack's UDP timeout).
+    #[serde(default = "defaults::udp_egress_idle_timeout")]
+    pub udp_idle_timeout: HumanDuration,
+    /// `udp: relay`: a session that has carried datagrams both ways ends
+    /// after this long without one (conntrack's UDP stream timeout).
+    #[serde(default = "defaults::udp_egress_stream_timeout")]
+    pub udp_stream_timeout: HumanDuration,
+    /// `udp: relay`: sessions at once; datagrams that would open another
+    /// are dropped and counted. Each session holds two descriptors.
+    #[serde(default = "defaults::udp_egress_max_sessions")]
+    pub udp_max_sessions: u32,
 }
 
 impl Default for Egress {
@@ -293,6 +305,9 @@ impl Default for Egress {
             idle_timeout: defaults::idle_timeout(),
             half_close_timeout: defaults::half_close_timeout(),
             max_connections: defaults::max_connections(),
+            udp_idle_timeout: defaults::udp_egress_idle_timeout(),
+            udp_stream_timeout: defaults::udp_egress_stream_timeout(),
+            udp_max_sessions: defaults::udp_egress_max_sessions(),
         }
     }
 }
@@ -327,9 +342,24 @@ impl EgressMode {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UdpEgress {
+    /// The kernel forwards the guest's UDP behind the pod's address.
     #[default]
     Masquerade,
+    /// TPROXY to vmpod's UDP relay: the guest's datagrams leave from a
+    /// socket of vmpod, a pod process (tproxy mode only).
+    Relay,
+    /// The guest's UDP does not leave the pod (but DNS to the gateway).
     Off,
+}
+
+impl UdpEgress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpEgress::Masquerade => "masquerade",
+            UdpEgress::Relay => "relay",
+            UdpEgress::Off => "off",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -631,6 +661,19 @@ mod defaults {
     }
     pub fn max_sessions() -> u32 {
         10_000
+    }
+    /// conntrack's `nf_conntrack_udp_timeout`.
+    pub fn udp_egress_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    /// conntrack's `nf_conntrack_udp_timeout_stream`.
+    pub fn udp_egress_stream_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(120))
+    }
+    /// Each session holds two descriptors; a guest whose DNS goes to the
+    /// forwarder rarely has more than a few UDP flows at once.
+    pub fn udp_egress_max_sessions() -> u32 {
+        4096
     }
     pub fn display_port() -> u16 {
         5900

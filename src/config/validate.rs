@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::model::{DiskBus, DisplayKind, IngressMode, Protocol, VmConfig};
+use super::model::{
+    DiskBus, DisplayKind, Egress, EgressMode, IngressMode, Protocol, UdpEgress, VmConfig,
+};
 use crate::consoles;
 use crate::host::HostLimits;
 
@@ -314,6 +316,7 @@ impl Validator {
         if eg.max_connections == 0 {
             self.error("network.egress.max_connections", "must be at least 1");
         }
+        self.udp_egress(eg);
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, ing) in net.ingress.iter().enumerate() {
             let field = format!("network.ingress[{i}]");
@@ -403,12 +406,54 @@ impl Validator {
         }
     }
 
+    /// `udp: relay` needs TPROXY's policy route, and its own limits.
+    fn udp_egress(&mut self, eg: &Egress) {
+        if eg.udp == UdpEgress::Relay && eg.mode != EgressMode::Tproxy {
+            self.error(
+                "network.egress.udp",
+                format!(
+                    "`relay` needs `mode: tproxy` (the UDP relay is fed by TPROXY and its policy route); mode is `{}`: use mode: tproxy or udp: masquerade",
+                    eg.mode.as_str()
+                ),
+            );
+        }
+        for (field, d) in [
+            ("udp_idle_timeout", eg.udp_idle_timeout),
+            ("udp_stream_timeout", eg.udp_stream_timeout),
+        ] {
+            if d.0.is_zero() {
+                self.error(format!("network.egress.{field}"), "must be longer than 0");
+            }
+        }
+        if eg.udp_stream_timeout.0 < eg.udp_idle_timeout.0 {
+            self.error(
+                "network.egress.udp_stream_timeout",
+                format!(
+                    "{}s is shorter than udp_idle_timeout ({}s): a session that has answers would end sooner than one without",
+                    eg.udp_stream_timeout.0.as_secs(),
+                    eg.udp_idle_timeout.0.as_secs()
+                ),
+            );
+        }
+        if eg.udp_max_sessions == 0 {
+            self.error("network.egress.udp_max_sessions", "must be at least 1");
+        }
+    }
+
     fn ports(&mut self, c: &VmConfig) {
         let mut used: Vec<(u16, Protocol, String)> = Vec::new();
         if c.network.egress.mode.uses_proxy() {
             used.push((
                 c.network.egress.listen_port,
                 Protocol::Tcp,
+                "network.egress.listen_port".into(),
+            ));
+        }
+        if c.network.egress.udp == UdpEgress::Relay {
+            // The UDP relay listens on the same port number, for UDP.
+            used.push((
+                c.network.egress.listen_port,
+                Protocol::Udp,
                 "network.egress.listen_port".into(),
             ));
         }
@@ -424,6 +469,11 @@ impl Validator {
         used.push((c.health.port, Protocol::Tcp, "health.port".into()));
 
         for (i, (port, proto, field)) in used.iter().enumerate() {
+            // The egress port is in the list once per protocol: say what is
+            // wrong with its number once.
+            if used[..i].iter().any(|(_, _, f)| f == field) {
+                continue;
+            }
             if *port == 0 {
                 self.error(field.clone(), "port 0 is not a port");
                 continue;

@@ -24,6 +24,8 @@ use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
 use crate::ipv6::stats::{self as v6stats, Dhcpv6Stats, RaStats};
 use crate::relay::stats::RelayStats;
+use crate::relay::udp_egress::{DropReason, UdpEgressStats};
+use std::sync::Arc;
 
 /// The content type of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -63,6 +65,7 @@ struct Snapshot {
     firewall_reconciliations: u64,
     route_reconciliations: u64,
     relays: Vec<RelayHandle>,
+    udp_egress: Option<Arc<UdpEgressStats>>,
     services: Option<ServiceHandles>,
     process: ProcessStats,
 }
@@ -87,6 +90,7 @@ impl Snapshot {
             firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
             route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
             relays: lock(&h.relays).clone(),
+            udp_egress: lock(&h.udp_egress).clone(),
             services: lock(&h.services).clone(),
             process: procfs::process_stats(),
         }
@@ -297,6 +301,9 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        if let Some(u) = &self.udp_egress {
+            udp_egress_metrics(e, u)?;
+        }
         if let Some(services) = &self.services {
             if let Some(d) = &services.dhcp {
                 dhcp_metrics(e, d)?;
@@ -373,6 +380,53 @@ fn labelled(
         samples
             .iter()
             .map(|(v, n)| (vec![(label, v.to_string())], ConstCounter::new(*n))),
+    )
+}
+
+fn udp_egress_metrics(e: &mut DescriptorEncoder, u: &UdpEgressStats) -> Result<(), fmt::Error> {
+    let get = UdpEgressStats::get;
+    gauge(
+        e,
+        "vmpod_udp_egress_sessions_active",
+        "UDP egress sessions (guest address, original destination) open now.",
+        get(&u.sessions_active) as i64,
+    )?;
+    counter(
+        e,
+        "vmpod_udp_egress_sessions_opened",
+        "UDP egress sessions opened.",
+        get(&u.sessions_opened),
+    )?;
+    counter(
+        e,
+        "vmpod_udp_egress_sessions_evicted",
+        "UDP egress sessions ended by their idle timeout.",
+        get(&u.sessions_evicted),
+    )?;
+    labelled(
+        e,
+        "vmpod_udp_egress_datagrams",
+        "Datagrams relayed: out is from the guest, in is the answers to it.",
+        "direction",
+        &[("out", get(&u.datagrams_out)), ("in", get(&u.datagrams_in))],
+    )?;
+    labelled(
+        e,
+        "vmpod_udp_egress_bytes",
+        "UDP payload bytes relayed: out is from the guest, in is the answers to it.",
+        "direction",
+        &[("out", get(&u.bytes_out)), ("in", get(&u.bytes_in))],
+    )?;
+    let drops: Vec<(&str, u64)> = DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), u.dropped(*r)))
+        .collect();
+    labelled(
+        e,
+        "vmpod_udp_egress_dropped",
+        "Datagrams of the guest or its peers not relayed, by reason.",
+        "reason",
+        &drops,
     )
 }
 
@@ -695,6 +749,47 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(
             text.contains("# TYPE vmpod_guest_restarts counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn udp_egress_counters_appear_only_with_the_relay() {
+        let h = health();
+        let text = encode(&h, false);
+        assert!(!text.contains("vmpod_udp_egress"), "{text}");
+        let u = Arc::new(UdpEgressStats::default());
+        u.sessions_active.store(2, Ordering::Relaxed);
+        u.datagrams_out.store(7, Ordering::Relaxed);
+        u.bytes_in.store(300, Ordering::Relaxed);
+        *lock(&h.udp_egress) = Some(u);
+        let text = encode(&h, false);
+        assert_eq!(
+            value(&text, "vmpod_udp_egress_sessions_active", ""),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_udp_egress_datagrams_total",
+                "direction=\"out\""
+            ),
+            Some(7.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "vmpod_udp_egress_bytes_total", "direction=\"in\""),
+            Some(300.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "vmpod_udp_egress_dropped_total",
+                "reason=\"session_limit\""
+            ),
+            Some(0.0),
             "{text}"
         );
     }

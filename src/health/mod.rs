@@ -82,6 +82,8 @@ pub struct Health {
     reported: Mutex<Reported>,
     kernel: Mutex<Option<KernelFacts>>,
     relays: Mutex<Vec<RelayHandle>>,
+    /// The UDP egress relay's counters (`udp: relay`).
+    udp_egress: Mutex<Option<Arc<crate::relay::udp_egress::UdpEgressStats>>>,
     /// The DHCP server's and DNS forwarder's counters and the lease.
     services: Mutex<Option<ServiceHandles>>,
     ready_after: OnceLock<Duration>,
@@ -150,6 +152,7 @@ impl Health {
             }),
             kernel: Mutex::new(None),
             relays: Mutex::new(Vec::new()),
+            udp_egress: Mutex::new(None),
             services: Mutex::new(None),
             ready_after: OnceLock::new(),
             guest_restarts: AtomicU64::new(0),
@@ -218,6 +221,7 @@ impl Health {
             });
         }
         *lock(&self.relays) = handles;
+        *lock(&self.udp_egress) = relays.udp_egress.clone();
         self.probe_now.notify_one();
     }
 

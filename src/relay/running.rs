@@ -17,6 +17,7 @@ use super::socket;
 use super::spec::{IngressRelay, RelayPlan};
 use super::stats::RelayStats;
 use super::udp;
+use super::udp_egress::{self, UdpEgressStats};
 use crate::config::EgressMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub struct Relays {
     /// The counters of every TCP relay: what a drain waits on.
     tcp: Vec<Arc<RelayStats>>,
     pub egress: Arc<RelayStats>,
+    /// The UDP egress relay's counters, when it runs (`udp: relay`).
+    pub udp_egress: Option<Arc<UdpEgressStats>>,
     /// One per ingress port vmpod forwards itself (`mode: proxy`), TCP and
     /// UDP, by name; `dnat` ports are the kernel's and have no counters here.
     pub ingress: Vec<(String, Arc<RelayStats>)>,
@@ -80,6 +83,27 @@ impl Relays {
                     limit.clone(),
                     egress.clone(),
                     drain.clone(),
+                )));
+            }
+        }
+        let mut udp_egress = None;
+        if let Some(spec) = &plan.udp_egress {
+            // One set of counters for both families.
+            let stats = Arc::new(UdpEgressStats::default());
+            udp_egress = Some(stats.clone());
+            for addr in std::iter::once(spec.addr).chain(spec.addr6) {
+                let listener =
+                    socket::udp_transparent_listener(addr).map_err(|source| ListenError {
+                        addr,
+                        field: "network.egress.listen_port".into(),
+                        source,
+                    })?;
+                tracing::info!(relay = "egress", %addr, protocol = "udp", "listening");
+                pending_udp.push(Box::pin(udp_egress::serve(
+                    listener,
+                    spec.settings,
+                    stats.clone(),
+                    stop_rx.clone(),
                 )));
             }
         }
@@ -142,6 +166,7 @@ impl Relays {
             udp_tasks: pending_udp.into_iter().map(tokio::spawn).collect(),
             tcp,
             egress,
+            udp_egress,
             ingress,
         })
     }

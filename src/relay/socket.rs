@@ -34,26 +34,7 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListen
     let fd = nonblocking_socket(addr, SockType::Stream)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if transparent {
-        if addr.is_ipv4() {
-            setsockopt(&fd, sockopt::IpTransparent, &true)?;
-        } else {
-            // nix has no IPV6_TRANSPARENT.
-            let one: libc::c_int = 1;
-            // SAFETY: a valid fd and a c_int option value of the right size.
-            #[allow(unsafe_code)]
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_IPV6,
-                    libc::IPV6_TRANSPARENT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        set_transparent(&fd, addr)?;
     }
     if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
@@ -62,6 +43,33 @@ pub fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListen
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
     // `fd` is a listening TCP socket we own; ownership moves with it.
     TcpListener::from_std(std::net::TcpListener::from(fd))
+}
+
+/// IP_TRANSPARENT (or IPV6_TRANSPARENT for an IPv6 `addr`): the socket may
+/// bind to an address that is not the namespace's and receive what TPROXY
+/// hands it. Needs CAP_NET_ADMIN.
+fn set_transparent(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv4() {
+        setsockopt(fd, sockopt::IpTransparent, &true)?;
+        return Ok(());
+    }
+    // nix has no IPV6_TRANSPARENT.
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd and a c_int option value of the right size.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Where a REDIRECTed connection was going (SO_ORIGINAL_DST).
@@ -308,4 +316,99 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
         v6.flowinfo(),
         v6.scope_id(),
     )))
+}
+
+/// The UDP egress listener: transparent, so TPROXY can hand it datagrams
+/// addressed anywhere, and told each datagram's original destination
+/// (IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR).
+pub fn udp_transparent_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = nonblocking_socket(addr, SockType::Datagram)?;
+    set_transparent(&fd, addr)?;
+    if addr.is_ipv4() {
+        setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true)?;
+    } else {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+/// One datagram read from a [`udp_transparent_listener`].
+#[derive(Clone, Copy, Debug)]
+pub struct Diverted {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// Where the sender addressed it; `None` when the kernel did not say
+    /// (it was not diverted by TPROXY, e.g. sent to the listener itself).
+    pub original_dst: Option<SocketAddr>,
+    /// Longer than the buffer: the rest is lost.
+    pub truncated: bool,
+}
+
+/// Reads one datagram and its original destination without blocking.
+pub fn recv_with_original_dst(fd: RawFd, buf: &mut [u8]) -> io::Result<Diverted> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(libc::sockaddr_in6);
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT)?;
+    let from = msg
+        .address
+        .as_ref()
+        .and_then(socket_addr)
+        .ok_or_else(|| io::Error::other("a datagram without a sender address"))?;
+    let mut original_dst = None;
+    for cmsg in msg.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::Ipv4OrigDstAddr(a) => {
+                original_dst = Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )));
+            }
+            ControlMessageOwned::Ipv6OrigDstAddr(a) => {
+                original_dst = Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    0,
+                    0,
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(Diverted {
+        len: msg.bytes,
+        from,
+        original_dst,
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+    })
+}
+
+/// The socket a UDP egress session answers the guest from: bound
+/// transparently to the address the guest sent to, and connected to the
+/// guest, so the answer carries the source the guest expects. Connected,
+/// it is also the socket TPROXY finds for the session's later datagrams.
+/// SO_REUSEADDR: sessions of several guest ports to one destination bind
+/// the same address and port.
+pub fn udp_reply_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = nonblocking_socket(local, SockType::Datagram)?;
+    set_transparent(&fd, local)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if local.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(peer))?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+/// A UDP socket of the pod, from an ephemeral port, connected to `to`: what
+/// an ordinary pod process would use.
+pub fn udp_connected(to: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = nonblocking_socket(to, SockType::Datagram)?;
+    if to.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use super::proxy::ProxySettings;
 use super::udp::UdpSettings;
+pub use super::udp_egress::UdpEgressSpec;
 use crate::config::EgressMode;
 
 /// The transparent egress listener (tproxy and redirect modes).
@@ -53,5 +54,7 @@ impl IngressSpec {
 #[derive(Clone, Debug, Default)]
 pub struct RelayPlan {
     pub egress: Option<EgressSpec>,
+    /// The UDP egress relay (`network.egress.udp: relay`).
+    pub udp_egress: Option<UdpEgressSpec>,
     pub ingress: Vec<IngressSpec>,
 }

@@ -20,6 +20,7 @@ use super::proxy::{self, Destination, ProxySettings};
 use super::running::log_drain;
 use super::socket::{self, Keepalive};
 use super::stats::RelayStats;
+use super::udp_egress::{self, UdpEgressSettings, UdpEgressStats};
 use crate::config::{Egress, EgressMode};
 
 /// Which relay to run, and where.
@@ -145,4 +146,41 @@ async fn serve(
     .await;
     log_drain(&report, drain_timeout);
     Ok(stats)
+}
+
+/// Runs the UDP egress relay on `listen` (fed by the caller's TPROXY rule
+/// and policy route) until SIGTERM or SIGINT; its counters at the end.
+pub fn run_udp_egress(
+    listen: SocketAddr,
+    settings: UdpEgressSettings,
+) -> Result<Arc<UdpEgressStats>, StandaloneError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(StandaloneError::Runtime)?;
+    runtime.block_on(async move {
+        let listener =
+            socket::udp_transparent_listener(listen).map_err(|source| StandaloneError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let mut term = signal(SignalKind::terminate()).map_err(StandaloneError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StandaloneError::Signals)?;
+        let stats = Arc::new(UdpEgressStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tracing::info!(relay = "udp-egress", addr = %listen, ?settings, "listening");
+        let serving = tokio::spawn(udp_egress::serve(
+            listener,
+            settings,
+            stats.clone(),
+            stopped,
+        ));
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = stop.send(true);
+        let _ = serving.await;
+        Ok(stats)
+    })
 }

@@ -139,6 +139,9 @@ pub enum Match {
     NotLocalDestination,
     /// `fib daddr type local`: addressed to this namespace.
     LocalDestination,
+    /// `fib daddr type unicast`: routed to one host elsewhere; not this
+    /// namespace, not broadcast, not multicast.
+    UnicastDestination,
     /// `tcp dport P` or `tcp dport { P, ... }`; sorted, never empty.
     TcpDestinationPorts(Vec<u16>),
     /// `tcp dport P` or `udp dport P`.

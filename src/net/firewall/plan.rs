@@ -109,6 +109,28 @@ pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
                             egress.listen_port
                         ),
                     }),
+                    // Every datagram, not only a flow's first: TPROXY itself
+                    // finds the session's connected reply socket when there
+                    // is one, else hands the datagram to the listener. Local
+                    // destinations (the DNS forwarder on the gateway, vmpod's
+                    // ports), broadcast and multicast are not unicast.
+                    (egress.udp == UdpEgress::Relay).then(|| Rule {
+                        matches: vec![
+                            Match::InInterface(net.bridge.clone()),
+                            Match::Source(guest.subnet),
+                            Match::Proto(L4Proto::Udp),
+                            Match::UnicastDestination,
+                        ],
+                        actions: vec![
+                            Action::Tproxy(guest.family, egress.listen_port),
+                            Action::SetMark(egress.fwmark),
+                            Action::Accept,
+                        ],
+                        comment: format!(
+                            "guest UDP to a unicast address elsewhere: to the UDP egress relay on port {}",
+                            egress.listen_port
+                        ),
+                    }),
                 ]
                 .into_iter()
                 .flatten()
@@ -253,7 +275,10 @@ fn loopback_v4() -> IpNet {
 /// What a guest's traffic the proxy does not carry gets: the pod's address.
 fn masquerade(config: &VmConfig, guest: &Guest) -> Vec<Rule> {
     let egress = &config.network.egress;
-    let udp = egress.udp == UdpEgress::Masquerade;
+    // With `udp: relay` the relayed datagrams are delivered locally and
+    // never reach postrouting; what does (excluded destinations, multicast)
+    // leaves as with masquerade.
+    let udp = egress.udp != UdpEgress::Off;
     if egress.mode.uses_proxy() {
         let mut rules = Vec::new();
         if !guest.exclude.is_empty() {
@@ -268,7 +293,11 @@ fn masquerade(config: &VmConfig, guest: &Guest) -> Vec<Rule> {
         if udp {
             rules.push(guest.masquerade(
                 vec![Match::Proto(L4Proto::Udp)],
-                "guest UDP is not proxied: give it the pod's address",
+                if egress.udp == UdpEgress::Relay {
+                    "guest UDP the relay does not carry (excluded, multicast): give it the pod's address"
+                } else {
+                    "guest UDP is not proxied: give it the pod's address"
+                },
             ));
         }
         // The proxy carries only TCP; without this, ping from the guest

@@ -153,6 +153,7 @@ impl fmt::Display for Match {
             Match::TransparentSocket => f.write_str("socket transparent 1"),
             Match::NotLocalDestination => f.write_str("fib daddr type != local"),
             Match::LocalDestination => f.write_str("fib daddr type local"),
+            Match::UnicastDestination => f.write_str("fib daddr type unicast"),
             Match::DestinationPort(proto, port) => write!(f, "{proto} dport {port}"),
             Match::ReplyDirection => f.write_str("ct direction reply"),
             Match::DestinationNatted => f.write_str("ct status dnat"),

@@ -452,3 +452,31 @@ fn dual_stack_sends_the_guests_ipv6_through_every_path() {
         "{v4}"
     );
 }
+
+const UDP_RELAY_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto udp \
+     fib daddr type unicast tproxy ip to :9401 meta mark set meta mark | 0x00004000 accept";
+
+#[test]
+fn udp_relay_tproxies_guest_udp_to_unicast_destinations_after_the_exclusions() {
+    let s = script("network:\n  egress:\n    udp: relay\n    exclude: [10.96.0.0/12]\n");
+    let relay = s.find(UDP_RELAY_RULE).unwrap_or_else(|| panic!("{s}"));
+    let excluded = s.find("ip daddr 10.96.0.0/12 return").expect("exclusion");
+    assert!(excluded < relay, "excluded destinations return first: {s}");
+    assert!(s.find(TPROXY_RULE).expect("tcp rule") < relay, "{s}");
+    // What the relay does not carry (excluded, multicast) still leaves
+    // behind the pod's address.
+    assert!(s.contains(UDP_MASQ), "{s}");
+    // Masquerade mode has no UDP TPROXY.
+    assert!(!script("network: {}\n").contains("l4proto udp fib"));
+}
+
+#[test]
+fn udp_relay_for_an_ipv6_guest_uses_tproxy_ip6() {
+    let s = script(
+        "network:\n  bridge: br6\n  gateway: fd00:1::1/64\n  guest_ip: fd00:1::2\n  dns: [fd00:1::53]\n  dhcp: false\n  egress:\n    udp: relay\n",
+    );
+    assert!(
+        s.contains("iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto udp fib daddr type unicast tproxy ip6 to :9401"),
+        "{s}"
+    );
+}
