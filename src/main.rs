@@ -120,9 +120,6 @@ struct RelayTuning {
     /// before they are reset.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     drain_timeout: config::HumanDuration,
-    /// The async runtime the relay runs on (for measurements).
-    #[arg(long, hide = true, value_enum, default_value = "multi-thread")]
-    runtime: vmpod::relay::standalone::RuntimeKind,
 }
 
 impl RelayTuning {
@@ -364,12 +361,7 @@ fn relay_standalone(command: RelayCommand) -> ExitCode {
         what: format!("max_connections {} × 2", tuning.max_connections),
         fds: 2 * u64::from(tuning.max_connections),
     }]);
-    match standalone::run(
-        relay,
-        tuning.settings(),
-        tuning.drain_timeout.0,
-        tuning.runtime,
-    ) {
+    match standalone::run(relay, tuning.settings(), tuning.drain_timeout.0) {
         Ok(stats) => {
             tracing::info!(?stats, "relay stopped");
             ExitCode::SUCCESS

@@ -1,9 +1,8 @@
 //! The userspace data paths: the egress transparent proxy and the ingress
 //! forwarder, over one accept loop (`proxy`) and one byte pump (`copy`,
 //! which splices bulk flows through pooled pipes: `splice`, `pipe_pool`);
-//! UDP ingress has its own session table (`udp`). `workers` can run
-//! connections on per-core current-thread runtimes (an experiment, off by
-//! default). `standalone` runs one relay alone (`vmpod relay`).
+//! UDP ingress has its own session table (`udp`). `standalone` runs one
+//! relay alone (`vmpod relay`).
 
 pub mod copy;
 pub mod drain;
@@ -19,4 +18,3 @@ pub mod splice;
 pub mod standalone;
 pub mod stats;
 pub mod udp;
-pub mod workers;

@@ -15,7 +15,6 @@ use super::drain::DrainWatch;
 use super::proxy_protocol;
 use super::socket;
 use super::stats::{ActiveGuard, RelayStats};
-use super::workers;
 use crate::config::ProxyProtocol;
 use crate::ratelimit::RateLimited;
 
@@ -106,19 +105,9 @@ pub async fn serve(
         };
         let stats = stats.clone();
         let cut = drain.clone().cut();
-        // Counted as active from here, so a drain waits for it even before
-        // its worker has run it.
-        stats.count_active();
-        workers::spawn(async move {
+        tokio::spawn(async move {
             let _permit = permit;
-            let _active = ActiveGuard::counted(&stats);
-            let client = match workers::adopt(client) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(relay = name, %peer, error = %e, "cannot move the connection to a relay worker");
-                    return;
-                }
-            };
+            let _active = ActiveGuard::new(&stats);
             handle(name, client, peer, target, settings, &stats, cut).await;
         });
     }

@@ -42,20 +42,6 @@ impl<'a> ActiveGuard<'a> {
         stats.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(stats)
     }
-
-    /// The guard of a connection counted with [`RelayStats::count_active`]
-    /// before its task started.
-    pub fn counted(stats: &'a RelayStats) -> Self {
-        ActiveGuard(stats)
-    }
-}
-
-impl RelayStats {
-    /// Counts a connection as active before its task runs (a drain must
-    /// wait for it); its task then holds [`ActiveGuard::counted`].
-    pub fn count_active(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 impl Drop for ActiveGuard<'_> {
