@@ -29,8 +29,12 @@ enum Relay {
     VmpodTproxy,
     VmpodRedirect,
     VmpodIngress,
-    Haproxy { splice: bool },
+    Haproxy {
+        splice: bool,
+    },
     Socat,
+    /// passt's `pasta`, in the pod, attached to its own guest namespace.
+    Pasta,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +50,10 @@ pub struct Competitor {
 pub const KERNEL_EGRESS: &str = "kernel-egress";
 pub const KERNEL_INGRESS: &str = "kernel-ingress";
 pub const HAPROXY: &str = "haproxy";
+pub const PASTA_EGRESS: &str = "pasta-egress";
+pub const PASTA_INGRESS: &str = "pasta-ingress";
 
-pub const COMPETITORS: [Competitor; 8] = [
+pub const COMPETITORS: [Competitor; 10] = [
     Competitor {
         key: KERNEL_EGRESS,
         label: "kernel forward+masquerade (egress)",
@@ -70,6 +76,13 @@ pub const COMPETITORS: [Competitor; 8] = [
         relay: Relay::VmpodRedirect,
     },
     Competitor {
+        key: PASTA_EGRESS,
+        label: "passt's pasta (egress)",
+        side: Side::Egress,
+        ports: topo::EGRESS_PASTA,
+        relay: Relay::Pasta,
+    },
+    Competitor {
         key: KERNEL_INGRESS,
         label: "kernel DNAT (ingress)",
         side: Side::Ingress,
@@ -82,6 +95,13 @@ pub const COMPETITORS: [Competitor; 8] = [
         side: Side::Ingress,
         ports: topo::INGRESS_VMPOD,
         relay: Relay::VmpodIngress,
+    },
+    Competitor {
+        key: PASTA_INGRESS,
+        label: "passt's pasta, port forwarding (ingress)",
+        side: Side::Ingress,
+        ports: topo::INGRESS_PASTA,
+        relay: Relay::Pasta,
     },
     Competitor {
         key: HAPROXY,
@@ -114,14 +134,23 @@ impl Competitor {
         }
     }
 
+    /// passt on the same side: vmpod ÷ passt is one of the ratios.
+    pub fn pasta_ref(&self) -> &'static str {
+        match self.side {
+            Side::Egress => PASTA_EGRESS,
+            Side::Ingress => PASTA_INGRESS,
+        }
+    }
+
     pub fn is_vmpod(&self) -> bool {
         self.key.starts_with("vmpod")
     }
 
     fn client_ns(&self) -> &'static str {
-        match self.side {
-            Side::Egress => GUEST,
-            Side::Ingress => CLUSTER,
+        match (self.side, self.relay) {
+            (Side::Egress, Relay::Pasta) => topo::PASTA_EGRESS_NS,
+            (Side::Egress, _) => GUEST,
+            (Side::Ingress, _) => CLUSTER,
         }
     }
 
@@ -137,6 +166,7 @@ impl Competitor {
             Relay::Kernel => vec![],
             Relay::VmpodTproxy => vec![topo::TPROXY_LISTEN],
             Relay::VmpodRedirect => vec![topo::REDIRECT_LISTEN],
+            Relay::Pasta if self.side == Side::Egress => vec![],
             _ => vec![self.ports.0, self.ports.1],
         }
     }
@@ -361,6 +391,54 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                 echo: Some(1),
             }
         }
+        Relay::Pasta => {
+            // As the issue and MACHINE-NOTES run it: root in the pod, the
+            // gateway not mapped to the pod's loopback (or connections to
+            // the cluster's address are refused), IPv4 only (the pod has
+            // no IPv6 route), no automatic forwarding.
+            let (ns, forward) = match c.side {
+                Side::Egress => (topo::PASTA_EGRESS_NS, "none".to_string()),
+                Side::Ingress => (
+                    topo::PASTA_INGRESS_NS,
+                    format!(
+                        "{}:{},{}:{}",
+                        c.ports.0,
+                        topo::GUEST_IPERF,
+                        c.ports.1,
+                        topo::GUEST_ECHO
+                    ),
+                ),
+            };
+            let cmd = topo::in_ns(
+                POD,
+                &[
+                    "pasta",
+                    "--runas",
+                    "0",
+                    "--config-net",
+                    "--no-map-gw",
+                    "-4",
+                    "--netns",
+                    ns,
+                    "-f",
+                    "-t",
+                    &forward,
+                    "-u",
+                    "none",
+                    "-T",
+                    "none",
+                    "-U",
+                    "none",
+                ],
+            );
+            let running = Running {
+                procs: vec![Proc::spawn(c.key, cmd, &log("pasta"))?],
+                iperf: Some(0),
+                echo: Some(0),
+            };
+            wait_configured(ns)?;
+            running
+        }
     };
     for port in c.listen_ports() {
         wait_listening(POD, port)?;
@@ -405,6 +483,22 @@ fn wait_listening(ns: &str, port: u16) -> Result<()> {
     }
 }
 
+/// Until pasta has given namespace `ns` the pod's address and default route.
+fn wait_configured(ns: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let addr = topo::sh(Some(ns), &["ip", "-4", "-o", "addr"])?;
+        let route = topo::sh(Some(ns), &["ip", "-4", "route", "show", "default"])?;
+        if addr.contains(POD_IP) && !route.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pasta did not configure {ns} within 10 s: {addr} {route}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The cluster's and the guest's servers.
 fn start_servers(env: &Env) -> Result<Vec<Proc>> {
     let mut procs = Vec::new();
@@ -421,6 +515,7 @@ fn start_servers(env: &Env) -> Result<Vec<Proc>> {
         topo::EGRESS_KERNEL,
         topo::EGRESS_TPROXY,
         topo::EGRESS_REDIRECT,
+        topo::EGRESS_PASTA,
     ];
     for (p, _) in egress {
         procs.push(iperf(CLUSTER, p)?);
@@ -448,10 +543,54 @@ fn start_servers(env: &Env) -> Result<Vec<Proc>> {
         ),
         &env.logs.join("echo-guest.log"),
     )?);
+    // pasta's ingress guest: the same servers on any address (pasta gives
+    // the namespace the pod's address when it starts).
+    procs.push(iperf(topo::PASTA_INGRESS_NS, topo::GUEST_IPERF)?);
+    procs.push(Proc::spawn(
+        "echo server (pasta guest)",
+        topo::in_ns(
+            topo::PASTA_INGRESS_NS,
+            &[
+                &me,
+                "serve",
+                "--listen",
+                &format!("0.0.0.0:{}", topo::GUEST_ECHO),
+            ],
+        ),
+        &env.logs.join("echo-pasta-guest.log"),
+    )?);
+    // DNS: the cluster's server, and vmpod's forwarder on the gateway.
+    procs.push(Proc::spawn(
+        "dns server (cluster)",
+        topo::in_ns(
+            CLUSTER,
+            &[&me, "dns-serve", "--listen", &format!("{CLUSTER_IP}:53")],
+        ),
+        &env.logs.join("dns-cluster.log"),
+    )?);
+    procs.push(Proc::spawn(
+        "vmpod dns forwarder",
+        topo::in_ns(
+            POD,
+            &[
+                &me,
+                "dns-forward",
+                "--listen",
+                &format!("{}:53", topo::GATEWAY_IP),
+                "--upstream",
+                &format!("{CLUSTER_IP}:53"),
+            ],
+        ),
+        &env.logs.join("dns-forwarder.log"),
+    )?);
     for (ns, port) in egress
         .iter()
         .flat_map(|(a, b)| [(CLUSTER, *a), (CLUSTER, *b)])
         .chain([(GUEST, topo::GUEST_IPERF), (GUEST, topo::GUEST_ECHO)])
+        .chain([
+            (topo::PASTA_INGRESS_NS, topo::GUEST_IPERF),
+            (topo::PASTA_INGRESS_NS, topo::GUEST_ECHO),
+        ])
     {
         wait_listening(ns, port)?;
     }
@@ -634,6 +773,53 @@ fn cps(c: &Competitor, env: &Env, plan: &Plan) -> Result<f64> {
     v["cps"].as_f64().context("cps")
 }
 
+/// The DNS paths: the guest asks the cluster's server directly (kernel
+/// forwarding + masquerade), or vmpod's forwarder on the gateway.
+pub const DNS_PATHS: [(&str, &str); 2] =
+    [("dns-direct", CLUSTER_IP), ("dns-vmpod", topo::GATEWAY_IP)];
+
+fn dns_latency(env: &Env, plan: &Plan, ip: &str) -> Result<[f64; 3]> {
+    let me = env.me.display().to_string();
+    let to = format!("{ip}:53");
+    let count = plan.rr_count.to_string();
+    let (ok, out) = run_capture(
+        topo::in_ns(GUEST, &[&me, "dns-rr", "--to", &to, "--count", &count]),
+        Duration::from_secs(120),
+    )?;
+    if !ok {
+        bail!("dns-rr to {to}: {out}");
+    }
+    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("dns-rr: {out}"))?;
+    let get = |k: &str| v[k].as_f64().with_context(|| format!("{k} in {v}"));
+    Ok([get("p50_us")?, get("p99_us")?, get("p999_us")?])
+}
+
+/// Queries per second from dnsperf (100 queries outstanding, its default).
+fn dns_qps(env: &Env, plan: &Plan, ip: &str) -> Result<f64> {
+    let input = env.logs.join("dnsperf-queries.txt");
+    std::fs::write(&input, "web.default.svc.cluster.local A\n")?;
+    let secs = plan.cps_secs.max(1.0).to_string();
+    let (_, out) = run_capture(
+        topo::in_ns(
+            GUEST,
+            &[
+                "dnsperf",
+                "-s",
+                ip,
+                "-d",
+                &input.display().to_string(),
+                "-l",
+                &secs,
+            ],
+        ),
+        Duration::from_secs(60),
+    )?;
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no \"Queries per second\" in dnsperf's output: {out}"))
+}
+
 /// Bytes per idle relayed connection, from a fresh relay process.
 fn idle_memory(
     c: &Competitor,
@@ -704,6 +890,8 @@ pub fn run(opts: RunOpts) -> Result<()> {
         ("iperf3", "iperf3"),
         ("haproxy", "haproxy"),
         ("socat", "socat"),
+        ("pasta", "passt"),
+        ("dnsperf", "dnsperf"),
     ] {
         if which(prog).is_none() {
             bail!("{prog} is missing: install {pkg} (deploy/local/install-deps.sh)");
@@ -719,7 +907,7 @@ pub fn run(opts: RunOpts) -> Result<()> {
     let measures: Vec<String> = opts
         .measure
         .as_deref()
-        .unwrap_or("tput,latency,cps,memory")
+        .unwrap_or("tput,latency,cps,dns,memory")
         .split(',')
         .map(str::to_string)
         .collect();
@@ -729,7 +917,14 @@ pub fn run(opts: RunOpts) -> Result<()> {
             .iter()
             .filter(|c| {
                 only.split(',').any(|o| o == c.key)
-                    || [KERNEL_EGRESS, KERNEL_INGRESS, HAPROXY].contains(&c.key)
+                    || [
+                        KERNEL_EGRESS,
+                        KERNEL_INGRESS,
+                        HAPROXY,
+                        PASTA_EGRESS,
+                        PASTA_INGRESS,
+                    ]
+                    .contains(&c.key)
             })
             .collect(),
     };
@@ -825,6 +1020,21 @@ pub fn run(opts: RunOpts) -> Result<()> {
                 Ok(())
             })?;
         }
+        if measures.iter().any(|m| m == "dns") {
+            for k in 0..DNS_PATHS.len() {
+                let (key, ip) = DNS_PATHS[(k + rep) % DNS_PATHS.len()];
+                let [p50, p99, p999] =
+                    dns_latency(&env, &plan, ip).with_context(|| format!("dns via {key}"))?;
+                let qps = dns_qps(&env, &plan, ip).with_context(|| format!("dns via {key}"))?;
+                eprintln!(
+                    "rep {rep} dns         {key:<16} {qps:8.0} q/s, p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs"
+                );
+                results.add("dns_qps", key, rep, qps);
+                results.add("dns_p50", key, rep, p50);
+                results.add("dns_p99", key, rep, p99);
+                results.add("dns_p999", key, rep, p999);
+            }
+        }
         if measures.iter().any(|m| m == "memory") {
             each(
                 &mut results,
@@ -845,9 +1055,17 @@ pub fn run(opts: RunOpts) -> Result<()> {
     drop(topology);
     let context = context.finish(started.elapsed());
     let keys: Vec<&Competitor> = wanted.clone();
-    let (md, json) = report::render(&context, &keys, &results);
+    let (mut md, json) = report::render(&context, &keys, &results);
     let md_path = opts.out.join("relay.md");
     let json_path = opts.out.join("relay.json");
+    let charts = crate::chart::write_all(&json, &opts.out).context("write the charts")?;
+    if !charts.is_empty() {
+        md += "\n## Charts\n\n";
+        for c in &charts {
+            let name = c.file_name().unwrap_or_default().to_string_lossy();
+            md += &format!("![{name}]({name})\n");
+        }
+    }
     std::fs::write(&md_path, &md)?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     println!("{md}");

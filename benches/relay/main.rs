@@ -7,6 +7,7 @@
 //! `cargo bench` passes `--bench`; it is ignored.
 
 mod bench;
+mod chart;
 mod report;
 mod tools;
 mod topology;
@@ -38,7 +39,7 @@ pub struct RunOpts {
     /// the kernel and haproxy references are always added.
     #[arg(long)]
     pub only: Option<String>,
-    /// Only these measurements (comma-separated: tput,latency,cps,memory).
+    /// Only these measurements (comma-separated: tput,latency,cps,dns,memory).
     #[arg(long)]
     pub measure: Option<String>,
     /// The vmpod binary to measure.
@@ -84,6 +85,25 @@ enum Tool {
         #[arg(long)]
         down: bool,
     },
+    /// A DNS server answering every query with one A record.
+    DnsServe {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// vmpod's DNS forwarder on --listen, forwarding to --upstream.
+    DnsForward {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
+    /// Sequential DNS queries over UDP; prints JSON latency percentiles.
+    DnsRr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
     /// Opens COUNT connections, one exchange each, prints `ready`, holds
     /// them until stdin closes.
     Hold {
@@ -106,6 +126,9 @@ fn main() -> ExitCode {
             concurrency,
         }) => tools::cps(to, secs, concurrency),
         Some(Tool::Hold { to, count }) => tools::hold(to, count),
+        Some(Tool::DnsServe { listen }) => tools::dns_serve(listen),
+        Some(Tool::DnsForward { listen, upstream }) => tools::dns_forward(listen, upstream),
+        Some(Tool::DnsRr { to, count }) => tools::dns_rr(to, count),
         Some(Tool::Topology { down: true }) => {
             topology::remove();
             Ok(())

@@ -136,6 +136,8 @@ struct Summary {
     max: f64,
     vs_kernel: Option<f64>,
     vs_haproxy: Option<f64>,
+    /// vmpod ÷ passt on the same side; only for vmpod's relays.
+    vs_pasta: Option<f64>,
 }
 
 fn summary(results: &Results, metric: &str, c: &Competitor) -> Option<Summary> {
@@ -153,6 +155,10 @@ fn summary(results: &Results, metric: &str, c: &Competitor) -> Option<Summary> {
             .flatten(),
         vs_haproxy: (c.key != HAPROXY)
             .then(|| results.ratio(metric, c.key, HAPROXY))
+            .flatten(),
+        vs_pasta: c
+            .is_vmpod()
+            .then(|| results.ratio(metric, c.key, c.pasta_ref()))
             .flatten(),
     })
 }
@@ -232,6 +238,7 @@ impl Context {
                 "haproxy": output(&["haproxy", "-v"]).split(" - ").next().unwrap_or("").to_string(),
                 "iperf3": output(&["iperf3", "--version"]),
                 "socat": socat_version(),
+                "pasta": output(&["pasta", "--version"]),
                 "vmpod_commit": output(&["git", "rev-parse", "--short", "HEAD"]),
             }),
             plan: *plan,
@@ -295,13 +302,26 @@ fn targets(results: &Results, competitors: &[&Competitor]) -> Vec<Target> {
                 goal: "≥ 0.8".into(),
                 met: k.map(|r| r >= 0.8),
             });
+            let p = results.ratio(key, c.key, c.pasta_ref());
+            out.push(Target {
+                relay: c.key,
+                what: format!("{label}: × passt"),
+                measured: p,
+                goal: "≥ 2".into(),
+                met: p.map(|r| r >= 2.0),
+            });
         }
-        for (key, size) in [("lat64_p99", "64 B"), ("lat1k_p99", "1 KiB")] {
+        for (key, what) in [
+            ("lat64_p50", "p50, 64 B"),
+            ("lat64_p99", "p99, 64 B"),
+            ("lat1k_p50", "p50, 1 KiB"),
+            ("lat1k_p99", "p99, 1 KiB"),
+        ] {
             let mine = results.added(key, c.key, c.kernel_ref());
             let theirs = results.added(key, HAPROXY, KERNEL_INGRESS);
             out.push(Target {
                 relay: c.key,
-                what: format!("p99 added over the kernel path, {size} (µs)"),
+                what: format!("{what} added over the kernel path (µs)"),
                 measured: mine,
                 goal: theirs.map_or("≤ haproxy's".into(), |t| {
                     format!("≤ haproxy's {}", fmt(t))
@@ -324,8 +344,16 @@ fn targets(results: &Results, competitors: &[&Competitor]) -> Vec<Target> {
             relay: c.key,
             what: "memory per idle connection (KiB)".into(),
             measured: mem,
-            goal: "≤ 4".into(),
-            met: mem.map(|m| m <= 4.0),
+            goal: "≤ 3".into(),
+            met: mem.map(|m| m <= 3.0),
+        });
+        let cpu = results.ratio("cpu", c.key, HAPROXY);
+        out.push(Target {
+            relay: c.key,
+            what: "CPU s per GB: × haproxy".into(),
+            measured: cpu,
+            goal: "≤ 0.5".into(),
+            met: cpu.map(|r| r <= 0.5),
         });
     }
     out
@@ -366,7 +394,7 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
     );
     md += "Egress competitors carry guest → cluster connections, ingress ones cluster → pod address → guest. \
            \"× kernel\" compares with the kernel path of the same side (egress: forwarding + masquerade; ingress: DNAT), \
-           \"× haproxy\" with haproxy without splice; both are medians of per-repetition ratios.\n\n";
+           \"× haproxy\" with haproxy without splice, \"× passt\" (vmpod's relays only) with passt's pasta on the same side; all are medians of per-repetition ratios.\n\n";
     md += "## Medians\n\n| metric |";
     for c in competitors {
         md += &format!(" {} |", c.key);
@@ -384,7 +412,31 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
         }
         md += "\n";
     }
-    md += "\n## Every figure\n\n| metric | competitor | min | median | max | × kernel | × haproxy |\n|---|---|---:|---:|---:|---:|---:|\n";
+    md += "\n## vmpod's ratios\n\n× kernel / × haproxy / × passt, medians of per-repetition ratios \
+           (for latency, memory and CPU lower is better).\n\n| metric |";
+    let vmpods: Vec<&&Competitor> = competitors.iter().filter(|c| c.is_vmpod()).collect();
+    for c in &vmpods {
+        md += &format!(" {} |", c.key);
+    }
+    md += "\n|---|";
+    md += &"---:|".repeat(vmpods.len());
+    md += "\n";
+    for m in &metrics {
+        md += &format!("| {} |", m.label);
+        for c in &vmpods {
+            md += &match summary(results, m.key, c) {
+                None => " — |".to_string(),
+                Some(s) => format!(
+                    " {} / {} / {} |",
+                    ratio(s.vs_kernel),
+                    ratio(s.vs_haproxy),
+                    ratio(s.vs_pasta)
+                ),
+            };
+        }
+        md += "\n";
+    }
+    md += "\n## Every figure\n\n| metric | competitor | min | median | max | × kernel | × haproxy | × passt |\n|---|---|---:|---:|---:|---:|---:|---:|\n";
     let mut json_metrics = Vec::new();
     for m in &metrics {
         let mut per = serde_json::Map::new();
@@ -393,7 +445,7 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
                 continue;
             };
             md += &format!(
-                "| {} ({}) | {} | {} | {} | {} | {} | {} |\n",
+                "| {} ({}) | {} | {} | {} | {} | {} | {} | {} |\n",
                 m.label,
                 m.unit,
                 c.key,
@@ -401,13 +453,15 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
                 fmt(s.median),
                 fmt(s.max),
                 ratio(s.vs_kernel),
-                ratio(s.vs_haproxy)
+                ratio(s.vs_haproxy),
+                ratio(s.vs_pasta)
             );
             per.insert(
                 c.key.to_string(),
                 json!({
                     "values": s.values, "min": s.min, "median": s.median, "max": s.max,
                     "vs_kernel": s.vs_kernel, "vs_haproxy": s.vs_haproxy,
+                    "vs_pasta": s.vs_pasta,
                 }),
             );
         }
@@ -416,8 +470,10 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
             "higher_is_better": m.higher_is_better, "results": per,
         }));
     }
+    let dns = dns_section(results);
+    md += &dns.0;
     let targets = targets(results, competitors);
-    md += "\n## Targets (issue 7)\n\n| relay | target | measured | goal | met |\n|---|---|---:|---|---|\n";
+    md += "\n## Targets (issues 7 and 17)\n\n| relay | target | measured | goal | met |\n|---|---|---:|---|---|\n";
     let mut json_targets = Vec::new();
     for t in &targets {
         let met = match t.met {
@@ -452,6 +508,77 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
         "competitors": competitors_json,
         "metrics": json_metrics,
         "targets": json_targets,
+        "dns": dns.1,
     });
     (md, json)
+}
+
+/// The DNS forwarder against a direct query from the guest: queries per
+/// second (dnsperf) and latency percentiles, with what the forwarder adds.
+fn dns_section(results: &Results) -> (String, Value) {
+    const DIRECT: &str = "dns-direct";
+    const VMPOD: &str = "dns-vmpod";
+    let rows = [
+        (
+            "dns_qps",
+            "queries per second (dnsperf, 100 outstanding)",
+            "q/s",
+        ),
+        ("dns_p50", "latency p50 (one query at a time)", "µs"),
+        ("dns_p99", "latency p99", "µs"),
+        ("dns_p999", "latency p99.9", "µs"),
+    ];
+    if results.reps("dns_qps", VMPOD).is_none() {
+        return (String::new(), Value::Null);
+    }
+    let med = |m: &str, k: &str| {
+        results
+            .reps(m, k)
+            .and_then(|r| median(r.values().copied().collect()))
+    };
+    let show = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "—".into());
+    let mut md = String::from(
+        "\n## DNS forwarder\n\nThe guest queries the cluster's server directly (kernel forwarding + masquerade) \
+         or through vmpod's forwarder on its gateway (`src/dns/forwarder.rs`, on a multi-thread runtime as in `vmpod run`); \
+         UDP, one A record per answer. Medians; min–max in brackets.\n\n\
+         | metric | direct | vmpod forwarder | × direct | added |\n|---|---:|---:|---:|---:|\n",
+    );
+    let mut json_rows = serde_json::Map::new();
+    for (key, label, unit) in rows {
+        let range = |k: &str| {
+            results.reps(key, k).map(|r| {
+                let mut v: Vec<f64> = r.values().copied().collect();
+                v.sort_by(f64::total_cmp);
+                (v[0], v[v.len() - 1])
+            })
+        };
+        let cell = |k: &str| {
+            let (lo, hi) = range(k).unwrap_or((f64::NAN, f64::NAN));
+            format!("{} [{}–{}]", show(med(key, k)), fmt(lo), fmt(hi))
+        };
+        let ratio_v = results.ratio(key, VMPOD, DIRECT);
+        let added = results.added(key, VMPOD, DIRECT);
+        md += &format!(
+            "| {label} ({unit}) | {} | {} | {} | {} |\n",
+            cell(DIRECT),
+            cell(VMPOD),
+            ratio(ratio_v),
+            if unit == "µs" {
+                show(added)
+            } else {
+                "—".into()
+            },
+        );
+        json_rows.insert(
+            key.to_string(),
+            json!({
+                "label": label, "unit": unit,
+                "direct": results.reps(key, DIRECT).map(|r| r.values().copied().collect::<Vec<_>>()),
+                "vmpod": results.reps(key, VMPOD).map(|r| r.values().copied().collect::<Vec<_>>()),
+                "median_direct": med(key, DIRECT), "median_vmpod": med(key, VMPOD),
+                "vs_direct": ratio_v, "added": added,
+            }),
+        );
+    }
+    (md, Value::Object(json_rows))
 }

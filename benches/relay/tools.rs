@@ -171,3 +171,100 @@ pub fn hold(to: SocketAddr, count: usize) -> Result<()> {
     drop(held);
     Ok(())
 }
+
+/// A DNS query for `name` (type A, class IN, RD set) with id `id`.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend(id.to_be_bytes());
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
+/// The cluster's DNS server: every query gets one A record (10.1.2.3),
+/// answered at once from one thread, so what is measured is the path.
+pub fn dns_serve(listen: SocketAddr) -> Result<()> {
+    let s = std::net::UdpSocket::bind(listen).with_context(|| format!("bind udp {listen}"))?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        if n < 12 || n + 16 > buf.len() {
+            continue;
+        }
+        // QR, opcode 0, RD copied, RA; one answer: a pointer to the
+        // question's name, A IN, TTL 60, 4 bytes.
+        buf[2] = 0x80 | (buf[2] & 0x01);
+        buf[3] = 0x80;
+        buf[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let answer = [0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 2, 3];
+        buf[n..n + answer.len()].copy_from_slice(&answer);
+        let _ = s.send_to(&buf[..n + answer.len()], from);
+    }
+}
+
+/// vmpod's DNS forwarder (the library's, as `vmpod run` starts it, on a
+/// multi-thread runtime) on `listen`, forwarding to `upstream`.
+pub fn dns_forward(listen: SocketAddr, upstream: SocketAddr) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let fwd = vmpod::dns::DnsForwarder::bind(vmpod::dns::ForwarderConfig::new(
+            listen,
+            vec![upstream],
+        ))?;
+        fwd.run().await;
+        Ok(())
+    })
+}
+
+/// Sequential UDP queries to `to`; every sample kept, exact percentiles.
+pub fn dns_rr(to: SocketAddr, count: usize) -> Result<()> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let warmup = (count / 10).max(100);
+    let mut samples = Vec::with_capacity(count);
+    let mut back = [0u8; 1500];
+    let mut lost = 0u64;
+    for i in 0..warmup + count {
+        let id = i as u16;
+        let q = dns_query(id, "web.default.svc.cluster.local");
+        let t = Instant::now();
+        s.send(&q)?;
+        let ok = loop {
+            match s.recv(&mut back) {
+                Ok(n) if n >= 2 && back[..2] == id.to_be_bytes() => break true,
+                Ok(_) => continue,
+                Err(_) => break false,
+            }
+        };
+        if !ok {
+            lost += 1;
+            if lost > 100 {
+                bail!("more than 100 queries to {to} unanswered");
+            }
+            continue;
+        }
+        if i >= warmup {
+            samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    println!(
+        "{}",
+        serde_json::json!({
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "samples": samples.len(), "lost": lost,
+        })
+    );
+    Ok(())
+}

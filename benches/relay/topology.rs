@@ -13,10 +13,17 @@ use anyhow::{Context, Result, bail};
 pub const GUEST: &str = "vmpb-guest";
 pub const POD: &str = "vmpb-pod";
 pub const CLUSTER: &str = "vmpb-cluster";
+/// The guests of the two pasta competitors: pasta makes their only
+/// interface (a tap) and copies the pod's address and routes into them.
+pub const PASTA_EGRESS_NS: &str = "vmpb-pasta-e";
+pub const PASTA_INGRESS_NS: &str = "vmpb-pasta-i";
+const ALL_NS: [&str; 5] = [GUEST, POD, CLUSTER, PASTA_EGRESS_NS, PASTA_INGRESS_NS];
 
 pub const GUEST_IP: &str = "10.0.1.2";
 pub const POD_IP: &str = "10.89.0.2";
 pub const CLUSTER_IP: &str = "10.89.0.1";
+/// The guest's gateway, the pod's bridge address (vmpod's DNS forwarder).
+pub const GATEWAY_IP: &str = "10.0.1.1";
 
 /// The guest's servers (ingress competitors forward to them).
 pub const GUEST_IPERF: u16 = 5201;
@@ -30,12 +37,15 @@ pub const REDIRECT_LISTEN: u16 = 9402;
 pub const EGRESS_KERNEL: (u16, u16) = (6101, 6102);
 pub const EGRESS_TPROXY: (u16, u16) = (6201, 6202);
 pub const EGRESS_REDIRECT: (u16, u16) = (6301, 6302);
+pub const EGRESS_PASTA: (u16, u16) = (6401, 6402);
 /// Pod ports of the ingress competitors.
 pub const INGRESS_VMPOD: (u16, u16) = (7101, 7102);
 pub const INGRESS_HAPROXY: (u16, u16) = (7201, 7202);
 pub const INGRESS_HAPROXY_SPLICE: (u16, u16) = (7301, 7302);
 pub const INGRESS_SOCAT: (u16, u16) = (7401, 7402);
 pub const INGRESS_KERNEL: (u16, u16) = (7501, 7502);
+/// pasta forwards these to the guest ports in its own guest namespace.
+pub const INGRESS_PASTA: (u16, u16) = (7601, 7602);
 
 /// `argv` in namespace `ns`.
 pub fn in_ns(ns: &str, argv: &[&str]) -> Command {
@@ -91,7 +101,7 @@ pub struct Topology;
 impl Topology {
     pub fn create() -> Result<Topology> {
         remove();
-        for ns in [GUEST, POD, CLUSTER] {
+        for ns in ALL_NS {
             sh(None, &["ip", "netns", "add", ns])?;
         }
         let topo = Topology;
@@ -125,6 +135,9 @@ impl Topology {
                     "ip link set virbr0 up",
                     "ip addr add 10.89.0.2/24 dev eth0",
                     "ip link set eth0 up",
+                    // pasta copies the addresses and routes of the
+                    // interface with the default route.
+                    "ip route add default via 10.89.0.1",
                     // TPROXY: packets of sockets the relay holds, and new
                     // diverted connections, are delivered locally.
                     "ip rule add fwmark 0x4000/0x4000 lookup 4000",
@@ -139,6 +152,8 @@ impl Topology {
                     "ip link set eth0 up",
                 ],
             ),
+            (PASTA_EGRESS_NS, vec!["ip link set lo up"]),
+            (PASTA_INGRESS_NS, vec!["ip link set lo up"]),
         ] {
             for cmd in cmds {
                 let argv: Vec<&str> = cmd.split(' ').collect();
@@ -206,7 +221,7 @@ fn rules() -> String {
 /// Kills what runs in the namespaces (only this benchmark's processes run
 /// there) and deletes them.
 pub fn remove() {
-    for ns in [GUEST, POD, CLUSTER] {
+    for ns in ALL_NS {
         if let Ok(pids) = sh(None, &["ip", "netns", "pids", ns]) {
             for pid in pids
                 .split_whitespace()

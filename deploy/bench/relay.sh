@@ -34,7 +34,7 @@ cd "$REPO"
 die() { echo "relay.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, nftables)"
-for cmd in ip nft ss iperf3 haproxy socat cargo; do
+for cmd in ip nft ss iperf3 haproxy socat pasta dnsperf cargo; do
   command -v "$cmd" >/dev/null || die "$cmd is missing; run deploy/local/install-deps.sh"
 done
 

@@ -19,7 +19,7 @@ packages=(
   # initramfs carries dhclient; rdisc6 reads Router Advertisements as a host parses them
   isc-dhcp-client dhcpcd-base ndisc6
   # test clients and benchmark competitors
-  curl socat iperf3 haproxy
+  curl socat iperf3 haproxy passt dnsperf
   # tests/dhcp_ns.rs: ISC dhclient, the DHCP client of Debian's cloud images (busybox's udhcpc
   # is the other one); tests/dns_ns.rs: dig queries the DNS forwarder over UDP and TCP
   isc-dhcp-client bind9-dnsutils
