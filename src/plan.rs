@@ -208,6 +208,15 @@ impl Plan {
     }
 }
 
+/// The egress listener's refusals, for its line in `render`.
+fn deny_text(deny: &[ipnet::IpNet]) -> String {
+    if deny.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = deny.iter().map(ToString::to_string).collect();
+    format!("; refuses {}", list.join(", "))
+}
+
 /// The wildcard address of the guest network's family: vmpod's own
 /// listeners serve every pod address of that family.
 fn any_addr(config: &VmConfig) -> IpAddr {
@@ -256,6 +265,7 @@ fn relays(config: &VmConfig) -> RelayPlan {
         addr: SocketAddr::new(any_addr(config), net.egress.listen_port),
         mode: net.egress.mode,
         guarded_ports: config.own_ports(),
+        deny: net.egress.deny.clone(),
         settings,
     });
     // Ingress listens on both families whatever the guest's: a client
@@ -331,7 +341,10 @@ fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> 
             protocol: Protocol::Tcp,
             addr: e.addr,
             only_with_pod_ipv6: false,
-            target: format!("guest TCP to its original destination, {how}"),
+            target: format!(
+                "guest TCP to its original destination, {how}{}",
+                deny_text(&e.deny)
+            ),
         });
     }
     for ing in &relays.ingress {

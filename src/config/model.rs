@@ -149,6 +149,58 @@ pub struct Network {
     /// asks the pod's resolvers as a pod process) or a list given as is.
     #[serde(default)]
     pub dns: DnsSetting,
+    /// Ports of the pod the guest may reach on the pod's own addresses (the
+    /// gateway and the pod IPs): a sidecar's or another container's
+    /// listeners. Empty by default: the guest is refused there, as it
+    /// would be on any other host of the network. DNS and DHCP on the
+    /// gateway stay open when vmpod serves them.
+    #[serde(default)]
+    pub guest_access: Vec<GuestPort>,
+}
+
+/// One entry of `network.guest_access`: `8080` (TCP), `8080/tcp` or `5353/udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuestPort {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl<'de> Deserialize<'de> for GuestPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u16),
+            Text(String),
+        }
+        let bad = |t: &str| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a port: use a number such as 8080, or 8080/tcp or 5353/udp"
+            ))
+        };
+        match Raw::deserialize(d).map_err(|_| bad("this value"))? {
+            Raw::Number(port) => Ok(GuestPort {
+                port,
+                protocol: Protocol::Tcp,
+            }),
+            Raw::Text(t) => {
+                let (port, protocol) = match t.split_once('/') {
+                    None => (t.as_str(), Protocol::Tcp),
+                    Some((p, "tcp")) => (p, Protocol::Tcp),
+                    Some((p, "udp")) => (p, Protocol::Udp),
+                    Some(_) => return Err(bad(&t)),
+                };
+                let port = port.parse().map_err(|_| bad(&t))?;
+                Ok(GuestPort { port, protocol })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for GuestPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
 }
 
 /// `network.dns`.
@@ -192,6 +244,7 @@ impl Default for Network {
             dhcp: defaults::dhcp(),
             hostname: None,
             dns: DnsSetting::Forward,
+            guest_access: Vec::new(),
         }
     }
 }
@@ -236,6 +289,13 @@ pub struct Egress {
     /// Destinations forwarded by the kernel, bypassing the proxy.
     #[serde(default)]
     pub exclude: Vec<IpNet>,
+    /// Destinations the guest is refused in every egress mode (the
+    /// firewall resets TCP and answers the rest with ICMP "administratively
+    /// prohibited"; the egress relay refuses them too). Default: the cloud
+    /// metadata addresses, which would hand the guest the node's
+    /// credentials. `[]` allows everything.
+    #[serde(default = "defaults::egress_deny")]
+    pub deny: Vec<IpNet>,
     /// Packet mark (and mask) for TPROXY policy routing. Chosen not to
     /// collide with Istio's 0x539 (1337), 0x111 and 1338.
     #[serde(default = "defaults::fwmark")]
@@ -261,6 +321,7 @@ impl Default for Egress {
             listen_port: defaults::egress_port(),
             udp: UdpEgress::default(),
             exclude: Vec::new(),
+            deny: defaults::egress_deny(),
             fwmark: defaults::fwmark(),
             route_table: defaults::route_table(),
             connect_timeout: defaults::connect_timeout(),
@@ -390,7 +451,7 @@ pub enum ProxyProtocol {
     V2,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -555,6 +616,14 @@ mod defaults {
     }
     pub fn bridge() -> IfName {
         IfName::new("virbr0").expect("valid literal")
+    }
+    /// The link-local metadata service of AWS, GCP, Azure and others, and
+    /// AWS's IPv6 one.
+    pub fn egress_deny() -> Vec<IpNet> {
+        ["169.254.169.254/32", "fd00:ec2::254/128"]
+            .iter()
+            .map(|n| n.parse().expect("valid literal"))
+            .collect()
     }
     pub fn gateway() -> IpNet {
         "10.0.1.1/24".parse().expect("valid literal")

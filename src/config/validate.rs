@@ -334,6 +334,27 @@ impl Validator {
             }
             self.ingress_options(&field, ing);
         }
+        self.guest_access(c);
+    }
+
+    /// `network.guest_access`: ports of the pod, never vmpod's own
+    /// services (the firewall refuses the guest there whatever this says).
+    fn guest_access(&mut self, c: &VmConfig) {
+        let services = c.service_ports();
+        for (i, access) in c.network.guest_access.iter().enumerate() {
+            let field = format!("network.guest_access[{i}]");
+            if access.port == 0 {
+                self.error(field, "port 0 is not a port");
+            } else if access.protocol == Protocol::Tcp && services.contains(&access.port) {
+                self.error(
+                    field,
+                    format!(
+                        "{} is a port of vmpod's own services (health, consoles), which are never open to the guest: remove it",
+                        access.port
+                    ),
+                );
+            }
+        }
     }
 
     /// Options that apply to one protocol or mode only are errors elsewhere:

@@ -16,6 +16,8 @@ pub struct EgressSpec {
     /// vmpod's own ports on the pod's addresses: a guest connection there
     /// would loop back into vmpod, so it is refused.
     pub guarded_ports: BTreeSet<u16>,
+    /// `network.egress.deny`: original destinations refused.
+    pub deny: Vec<ipnet::IpNet>,
     pub settings: ProxySettings,
 }
 

@@ -110,6 +110,8 @@ async fn serve(
                 mode,
                 listen,
                 guarded_ports: BTreeSet::new(),
+                // The standalone relay has no config: no deny list.
+                deny: Vec::new(),
             }),
         ),
     };

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::model::{
     Action, Chain, ChainType, FirewallPlan, Hook, IpFamily, L4Proto, Match, Priority, Rule,
 };
-use crate::config::{EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
+use crate::config::{DnsSetting, EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
 
 /// Render the table for `config`.
 pub fn plan(config: &VmConfig) -> FirewallPlan {
@@ -32,6 +32,8 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         subnet,
         family,
     };
+    let deny = Denied::of(&egress.deny);
+    let deny_guest = deny.of_family(family);
     let dnat: Vec<&Ingress> = net.ingress.iter().filter(|i| !i.is_proxied()).collect();
 
     let mut chains = Vec::new();
@@ -70,6 +72,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
                     actions: vec![Action::Return],
                     comment: "the guest answering a connection made to it (dnat ingress): not a new egress connection".into(),
                 }),
+                guest.denied_bypass(deny_guest, Action::Return),
                 guest.exclusions_return(&exclude),
                 Some(Rule {
                     matches: guest.new_tcp(),
@@ -95,7 +98,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         kind: ChainType::Nat,
         hook: Hook::Prerouting,
         priority: Priority::BeforeDstNat,
-        rules: guest_nat_first(config, &guest, &exclude),
+        rules: guest_nat_first(config, &guest, &exclude, deny_guest),
     });
     chains.push(Chain {
         name: "pod_to_guest_nat_first",
@@ -161,16 +164,17 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
         kind: ChainType::Filter,
         hook: Hook::Input,
         priority: Priority::Filter,
-        rules: vec![Rule {
-            matches: vec![
-                Match::InInterface(net.bridge.clone()),
-                Match::LocalDestination,
-                Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
-            ],
-            actions: vec![Action::RejectWithTcpReset],
-            comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
-        }],
+        rules: guest_input(config),
     });
+    if !deny.is_empty() {
+        chains.push(Chain {
+            name: "guest_forward",
+            kind: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: Priority::Filter,
+            rules: deny.forward_rules(&net.bridge),
+        });
+    }
 
     if !dnat.is_empty() {
         chains.extend(dnat_chains(config, &dnat));
@@ -187,10 +191,16 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
 /// wins. In redirect mode the binding is the redirect to the egress
 /// listener; everything else gets an identity DNAT (the destination it
 /// already has).
-fn guest_nat_first(config: &VmConfig, guest: &Guest, exclude: &[IpNet]) -> Vec<Rule> {
+fn guest_nat_first(
+    config: &VmConfig,
+    guest: &Guest,
+    exclude: &[IpNet],
+    deny: &[IpNet],
+) -> Vec<Rule> {
     let egress = &config.network.egress;
     let mut rules = Vec::new();
     if egress.mode == EgressMode::Redirect {
+        rules.extend(guest.denied_bypass(deny, Action::DnatToOwnDestination(guest.family)));
         if !exclude.is_empty() {
             rules.push(Rule {
                 matches: vec![
@@ -219,6 +229,170 @@ fn guest_nat_first(config: &VmConfig, guest: &Guest, exclude: &[IpNet]) -> Vec<R
         });
     }
     rules
+}
+
+/// The rules of `guest_input`: what the guest may reach on the pod's own
+/// addresses (the gateway and the pod IPs, whatever the family). Answers
+/// within connections already let through pass first: the pod's
+/// connections to the guest (ingress) are answered to a pod address.
+/// vmpod's services are refused whatever `network.guest_access` says;
+/// DHCP and DNS are open when vmpod serves them; the listed ports are
+/// open; every other TCP port is reset and every other UDP port answered
+/// "port unreachable", as a closed port on another host would be. ICMP
+/// stays open (ping, neighbour discovery, path MTU).
+fn guest_input(config: &VmConfig) -> Vec<Rule> {
+    let net = &config.network;
+    let from_guest = |mut extra: Vec<Match>| {
+        let mut m = vec![Match::InInterface(net.bridge.clone())];
+        m.append(&mut extra);
+        m
+    };
+    let local = |proto: L4Proto, ports: Vec<u16>| {
+        from_guest(vec![
+            Match::LocalDestination,
+            Match::DestinationPorts(proto, ports),
+        ])
+    };
+    let mut rules = vec![Rule {
+        matches: from_guest(vec![Match::EstablishedOrRelated]),
+        actions: vec![Action::Accept],
+        comment: "packet of a connection already let through, e.g. the guest answering the pod"
+            .into(),
+    }];
+    if net.egress.mode == EgressMode::Redirect {
+        rules.push(Rule {
+            matches: from_guest(vec![Match::DestinationNatted]),
+            actions: vec![Action::Accept],
+            comment: "guest connection redirected to the egress proxy by guest_nat_first".into(),
+        });
+    }
+    rules.push(Rule {
+        matches: local(L4Proto::Tcp, config.service_ports().into_iter().collect()),
+        actions: vec![Action::RejectWithTcpReset],
+        comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
+    });
+    let mut udp: Vec<u16> = Vec::new();
+    let mut tcp: Vec<u16> = Vec::new();
+    if net.dhcp && net.gateway.addr().is_ipv4() {
+        udp.push(67);
+    }
+    if net.dns == DnsSetting::Forward {
+        udp.push(53);
+        tcp.push(53);
+    }
+    udp.sort_unstable();
+    if !udp.is_empty() || !tcp.is_empty() {
+        for (proto, ports) in [(L4Proto::Udp, udp), (L4Proto::Tcp, tcp)] {
+            if !ports.is_empty() {
+                rules.push(Rule {
+                    matches: local(proto, ports),
+                    actions: vec![Action::Accept],
+                    comment: "vmpod's DHCP server and DNS forwarder on the gateway".into(),
+                });
+            }
+        }
+    }
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let mut ports: Vec<u16> = net
+            .guest_access
+            .iter()
+            .filter(|a| a.protocol == proto)
+            .map(|a| a.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if !ports.is_empty() {
+            let l4 = match proto {
+                Protocol::Tcp => L4Proto::Tcp,
+                Protocol::Udp => L4Proto::Udp,
+            };
+            rules.push(Rule {
+                matches: local(l4, ports),
+                actions: vec![Action::Accept],
+                comment: "pod port the guest may reach (network.guest_access)".into(),
+            });
+        }
+    }
+    rules.push(Rule {
+        matches: from_guest(vec![Match::LocalDestination, Match::Proto(L4Proto::Tcp)]),
+        actions: vec![Action::RejectWithTcpReset],
+        comment: "pod-local TCP port not in network.guest_access: closed to the guest".into(),
+    });
+    rules.push(Rule {
+        matches: from_guest(vec![Match::LocalDestination, Match::Proto(L4Proto::Udp)]),
+        actions: vec![Action::RejectPortUnreachable],
+        comment: "pod-local UDP port not in network.guest_access: closed to the guest".into(),
+    });
+    rules
+}
+
+/// `network.egress.deny`, split by family and made canonical (sorted, no
+/// overlaps, host bits cleared).
+struct Denied {
+    v4: Vec<IpNet>,
+    v6: Vec<IpNet>,
+}
+
+impl Denied {
+    fn of(deny: &[IpNet]) -> Denied {
+        let family = |f: IpFamily| {
+            IpNet::aggregate(
+                &deny
+                    .iter()
+                    .filter(|n| IpFamily::of(n) == f)
+                    .copied()
+                    .collect(),
+            )
+        };
+        Denied {
+            v4: family(IpFamily::V4),
+            v6: family(IpFamily::V6),
+        }
+    }
+
+    fn of_family(&self, family: IpFamily) -> &[IpNet] {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// The refusals, in the forward hook: every egress mode lets denied
+    /// destinations past its proxy rules, so they are forwarded, and
+    /// refused here. The forward hook accepts `reject` on every kernel.
+    fn forward_rules(&self, bridge: &IfName) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let nets = self.of_family(family);
+            if nets.is_empty() {
+                continue;
+            }
+            let to = || {
+                vec![
+                    Match::InInterface(bridge.clone()),
+                    Match::DestinationIn(family, nets.to_vec()),
+                ]
+            };
+            let mut tcp = to();
+            tcp.push(Match::Proto(L4Proto::Tcp));
+            rules.push(Rule {
+                matches: tcp,
+                actions: vec![Action::RejectWithTcpReset],
+                comment: "denied destination (network.egress.deny): TCP reset".into(),
+            });
+            rules.push(Rule {
+                matches: to(),
+                actions: vec![Action::RejectAdminProhibited],
+                comment: "denied destination (network.egress.deny): administratively prohibited"
+                    .into(),
+            });
+        }
+        rules
+    }
 }
 
 /// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).
@@ -321,6 +495,23 @@ impl Guest<'_> {
             Match::Proto(L4Proto::Tcp),
             Match::NotLocalDestination,
         ]
+    }
+
+    /// Denied destinations skip the proxy (`action`: return from the
+    /// TPROXY chain, or an identity DNAT before the REDIRECT), so that they
+    /// are forwarded and `guest_forward` refuses them.
+    fn denied_bypass(&self, deny: &[IpNet], action: Action) -> Option<Rule> {
+        (!deny.is_empty()).then(|| Rule {
+            matches: vec![
+                Match::InInterface(self.bridge.clone()),
+                Match::Source(self.subnet),
+                Match::DestinationIn(self.family, deny.to_vec()),
+            ],
+            actions: vec![action],
+            comment:
+                "denied destination (network.egress.deny): not proxied, refused in guest_forward"
+                    .into(),
+        })
     }
 
     fn exclusions_return(&self, exclude: &[IpNet]) -> Option<Rule> {
