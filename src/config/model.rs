@@ -312,6 +312,90 @@ pub struct Egress {
     pub half_close_timeout: HumanDuration,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// TCP keepalive on both sockets of every relayed connection (egress
+    /// and ingress): frees connections whose peer vanished without a FIN.
+    #[serde(default)]
+    pub keepalive: KeepaliveSetting,
+}
+
+/// `network.egress.keepalive`: `off`, or the probes' timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepaliveSetting {
+    Off,
+    On(KeepaliveTiming),
+}
+
+impl Default for KeepaliveSetting {
+    fn default() -> Self {
+        KeepaliveSetting::On(KeepaliveTiming::default())
+    }
+}
+
+/// Envoy's names (`keepalive_time`, `_interval`, `_probes`). The defaults:
+/// 300 s idle, then 9 probes 75 s apart, so a dead peer is freed within
+/// 16 minutes (see [`crate::relay::socket::Keepalive::DEFAULT`]).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveTiming {
+    /// Idle time before the first probe.
+    #[serde(default = "defaults::keepalive_time")]
+    pub time: HumanDuration,
+    /// Time between unanswered probes.
+    #[serde(default = "defaults::keepalive_interval")]
+    pub interval: HumanDuration,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "defaults::keepalive_probes")]
+    pub probes: u32,
+}
+
+impl Default for KeepaliveTiming {
+    fn default() -> Self {
+        KeepaliveTiming {
+            time: defaults::keepalive_time(),
+            interval: defaults::keepalive_interval(),
+            probes: defaults::keepalive_probes(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepaliveSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum: the timing's own errors
+        // (an unknown field, a bad duration) keep their words.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeepaliveSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`off` or a map of time, interval and probes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(KeepaliveSetting::Off),
+                    other => Err(E::custom(format!(
+                        "`{other}`: expected `off` or a map of time, interval and probes"
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                // YAML 1.1 reads a bare `off` as false.
+                if v {
+                    Err(E::custom(
+                        "expected `off` or a map of time, interval and probes",
+                    ))
+                } else {
+                    Ok(KeepaliveSetting::Off)
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                KeepaliveTiming::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(KeepaliveSetting::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for Egress {
@@ -328,6 +412,7 @@ impl Default for Egress {
             idle_timeout: defaults::idle_timeout(),
             half_close_timeout: defaults::half_close_timeout(),
             max_connections: defaults::max_connections(),
+            keepalive: KeepaliveSetting::default(),
         }
     }
 }
@@ -514,6 +599,11 @@ pub struct Lifecycle {
     pub restart: RestartPolicy,
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// At shutdown, relayed connections in flight get this long to finish
+    /// before they are reset; taken out of `shutdown_grace`, so it must be
+    /// shorter.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: HumanDuration,
     /// Give up when a daemon (libvirtd, virtlogd) dies this many times...
     #[serde(default = "defaults::daemon_max_restarts")]
     pub daemon_max_restarts: u32,
@@ -527,6 +617,7 @@ impl Default for Lifecycle {
         Lifecycle {
             restart: RestartPolicy::default(),
             shutdown_grace: defaults::shutdown_grace(),
+            drain_timeout: defaults::drain_timeout(),
             daemon_max_restarts: defaults::daemon_max_restarts(),
             daemon_restart_window: defaults::daemon_restart_window(),
         }
@@ -619,6 +710,18 @@ mod defaults {
     }
     /// The link-local metadata service of AWS, GCP, Azure and others, and
     /// AWS's IPv6 one.
+    pub fn keepalive_time() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub fn keepalive_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(75))
+    }
+    pub fn keepalive_probes() -> u32 {
+        9
+    }
+    pub fn drain_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
     pub fn egress_deny() -> Vec<IpNet> {
         ["169.254.169.254/32", "fd00:ec2::254/128"]
             .iter()

@@ -62,7 +62,7 @@ pub fn default_settings(max_connections: u32) -> ProxySettings {
         },
         max_connections,
         proxy_protocol: None,
-        keepalive: Keepalive::DEFAULT,
+        keepalive: Some(Keepalive::DEFAULT),
     }
 }
 
