@@ -148,11 +148,11 @@ impl RelayTuning {
                 idle: self.idle_timeout.0,
                 half_closed: self.half_close_timeout.0,
             },
-            keepalive: Keepalive {
+            keepalive: Some(Keepalive {
                 idle: self.keepalive_idle.0,
                 interval: self.keepalive_interval.0,
                 count: self.keepalive_count,
-            },
+            }),
             ..vmpod::relay::standalone::default_settings(self.max_connections)
         }
     }

@@ -11,7 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::{IpNet, Ipv6Net};
 
 use crate::addressing::{AddressingError, AddressingPlan};
-use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig};
+use crate::config::{
+    EgressMode, Ingress, KeepaliveSetting, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig,
+};
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -229,6 +231,15 @@ impl Plan {
                     "address_preferred_seconds": v6.lifetimes.address_preferred,
                 })),
             },
+            "relays": {
+                "keepalive": self.relays.keepalive().map(|k| serde_json::json!({
+                    "time_seconds": k.idle.as_secs(),
+                    "interval_seconds": k.interval.as_secs(),
+                    "probes": k.count,
+                })),
+                "drain_timeout_ms": self.relays.drain_timeout.as_millis() as u64,
+                "egress_deny": self.relays.egress.as_ref().map(|e| e.deny.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            },
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -248,6 +259,15 @@ fn route_json(r: route::PolicyRoute) -> serde_json::Value {
         "priority": r.priority,
         "ipv6": r.ipv6,
     })
+}
+
+/// The egress listener's refusals, for its line in `render`.
+fn deny_text(deny: &[ipnet::IpNet]) -> String {
+    if deny.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = deny.iter().map(ToString::to_string).collect();
+    format!("; refuses {}", list.join(", "))
 }
 
 /// The wildcard address of the guest network's family: vmpod's own
@@ -270,8 +290,14 @@ fn egress_settings(config: &VmConfig) -> ProxySettings {
         },
         max_connections: e.max_connections,
         proxy_protocol: None,
-        // Until the config has `network.egress.keepalive`.
-        keepalive: Keepalive::DEFAULT,
+        keepalive: match e.keepalive {
+            KeepaliveSetting::Off => None,
+            KeepaliveSetting::On(k) => Some(Keepalive {
+                idle: k.time.0,
+                interval: k.interval.0,
+                count: k.probes,
+            }),
+        },
     }
 }
 
@@ -300,6 +326,7 @@ fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
         addr6: ipv6.then(|| SocketAddr::new(IpAddr::from([0u16; 8]), net.egress.listen_port)),
         mode: net.egress.mode,
         guarded_ports: config.own_ports(),
+        deny: net.egress.deny.clone(),
         settings,
     });
     let e = &net.egress;
@@ -338,6 +365,7 @@ fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
         egress,
         udp_egress,
         ingress,
+        drain_timeout: config.lifecycle.drain_timeout.0,
     }
 }
 
@@ -404,7 +432,10 @@ fn listeners(config: &VmConfig, relays: &RelayPlan, health_addr: SocketAddr) -> 
                 protocol: Protocol::Tcp,
                 addr,
                 only_with_pod_ipv6: false,
-                target: format!("guest TCP to its original destination, {how}"),
+                target: format!(
+                    "guest TCP to its original destination, {how}{}",
+                    deny_text(&e.deny)
+                ),
             });
         }
     }
@@ -531,6 +562,8 @@ impl fmt::Display for Plan {
                 l.target
             )?;
         }
+        writeln!(f, "\n## relays")?;
+        writeln!(f, "{}", self.relays.summary())?;
         writeln!(f, "\n## nftables (nft -f -)")?;
         write!(f, "{}", self.firewall_script())?;
         writeln!(f, "\n## libvirt daemon configuration")?;
@@ -539,5 +572,81 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "## libvirt domain")?;
         write!(f, "{}", self.domain_xml)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileChecks, load};
+    use std::time::Duration;
+
+    fn plan_of(yaml: &str) -> Plan {
+        let text = format!("name: t\nboot:\n  kernel: /k\n{yaml}");
+        let config = load("<test>", &text, FileChecks::Warn)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config;
+        Plan::build(&config, &HostFacts::fixed(), None).expect("plan")
+    }
+
+    #[test]
+    fn keepalive_defaults_close_to_envoys_and_reaches_every_tcp_relay() {
+        let p = plan_of(
+            "network:\n  ingress:\n    - {name: web, port: 9080}\n    - {name: dns, port: 5353, protocol: udp}\n",
+        );
+        let k = p.relays.keepalive().expect("on by default");
+        assert_eq!(
+            (k.idle.as_secs(), k.interval.as_secs(), k.count),
+            (300, 75, 9)
+        );
+        let egress = p.relays.egress.as_ref().unwrap();
+        assert_eq!(egress.settings.keepalive, Some(k));
+        match &p.relays.ingress[0].relay {
+            IngressRelay::Tcp(s) => assert_eq!(s.keepalive, Some(k)),
+            IngressRelay::Udp(_) => panic!("tcp port"),
+        }
+        assert_eq!(p.relays.drain_timeout, Duration::from_secs(5));
+        assert!(
+            p.to_string()
+                .contains("TCP keepalive after 300s idle, 9 probes 75s apart")
+        );
+    }
+
+    #[test]
+    fn keepalive_is_configurable_and_can_be_off() {
+        let p = plan_of(
+            "network:\n  egress:\n    keepalive: {time: 60s, interval: 10s, probes: 3}\nlifecycle:\n  drain_timeout: 1500ms\n",
+        );
+        let k = p.relays.keepalive().unwrap();
+        assert_eq!(
+            (k.idle.as_secs(), k.interval.as_secs(), k.count),
+            (60, 10, 3)
+        );
+        assert_eq!(p.relays.drain_timeout, Duration::from_millis(1500));
+        let json = p.to_json();
+        assert_eq!(json["relays"]["keepalive"]["probes"], 3);
+        assert_eq!(json["relays"]["drain_timeout_ms"], 1500);
+        for off in ["off", "\"off\""] {
+            let p = plan_of(&format!("network:\n  egress:\n    keepalive: {off}\n"));
+            assert_eq!(p.relays.keepalive(), None, "{off}");
+            assert!(p.to_string().contains("TCP keepalive off"));
+        }
+    }
+
+    #[test]
+    fn the_egress_relay_carries_the_deny_list() {
+        let p = plan_of("");
+        let deny: Vec<String> = p
+            .relays
+            .egress
+            .as_ref()
+            .unwrap()
+            .deny
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(deny, ["169.254.169.254/32", "fd00:ec2::254/128"]);
+        let p = plan_of("network:\n  egress:\n    deny: []\n");
+        assert!(p.relays.egress.as_ref().unwrap().deny.is_empty());
     }
 }

@@ -171,10 +171,13 @@ fn credentials_text() -> String {
 /// The example config plus a `consoles:` section.
 fn with_consoles(consoles: &str) -> String {
     example_config(|t| {
-        t.replace(
-            "lifecycle:\n",
-            &format!("consoles:\n{consoles}lifecycle:\n"),
-        )
+        // The pod port the spice test has the guest reach: the guest is
+        // refused every pod port not listed.
+        t.replace("  mtu: auto\n", "  mtu: auto\n  guest_access: [8099]\n")
+            .replace(
+                "lifecycle:\n",
+                &format!("consoles:\n{consoles}lifecycle:\n"),
+            )
     })
 }
 

@@ -259,7 +259,12 @@ fn connection_limit_refuses_new_and_keeps_old(mode: &str) {
 
 fn loop_guard_refuses_vmpod_itself(mode: &str) {
     let _g = shared();
-    let (net, _servers, vm) = running("loop", mode, |t| t);
+    // The firewall refuses the guest every pod port not in guest_access
+    // (see guest_is_isolated_from_the_pod); listing the egress port lets
+    // the connection reach the relay, whose own guard must refuse it.
+    let (net, _servers, vm) = running("loop", mode, |t| {
+        t.replace("  mtu: auto\n", "  mtu: auto\n  guest_access: [9401]\n")
+    });
     for target in [format!("{POD_IP}:9401"), format!("{GATEWAY_IP}:9401")] {
         let to = addr(&target);
         let err = net
@@ -283,6 +288,134 @@ fn loop_guard_refuses_vmpod_itself(mode: &str) {
         .run(exchange(cluster(EXCHANGE_PORT), 10, 10))
         .expect("egress after the refusals")
         .assert_intact(10, 10);
+    stop(&net, vm);
+}
+
+/// The cloud metadata address, served here by the cluster namespace so that
+/// only vmpod's refusal can keep the guest from it.
+const METADATA_IP: &str = "169.254.169.254";
+/// A sidecar's port the config opens to the guest, and one it does not.
+const LISTED_PORT: u16 = 15021;
+const UNLISTED_PORT: u16 = 15000;
+
+/// A UDP datagram from the guest to `to`, and the answer or the error the
+/// kernel reports (an ICMP error arrives as the error of `recv`).
+async fn udp_probe(to: SocketAddr) -> io::Result<Vec<u8>> {
+    let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    s.connect(to).await?;
+    s.send(b"probe").await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.recv(&mut buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+    Ok(buf[..n].to_vec())
+}
+
+/// The guest as an attacker of its own pod: on the gateway and the pod IP,
+/// a sidecar's pod-local listeners answer it only when listed in
+/// `network.guest_access`; vmpod's health port never; the metadata address
+/// is refused (TCP reset, ICMP administratively prohibited) though it is
+/// reachable from the pod; the cluster is still reached.
+fn guest_is_isolated_from_the_pod(mode: &str) {
+    let _g = shared();
+    let net = PodNet::new(&format!("isolate{mode}"));
+    let servers = Servers::start(&net.cluster, CLUSTER_IP);
+    net.cluster.sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{METADATA_IP}/32"),
+        "dev",
+        "eth0",
+    ]);
+    let _metadata = Servers::start(&net.cluster, METADATA_IP);
+    let _listed = Servers::start_exchange_on(&net.pod, "0.0.0.0", LISTED_PORT);
+    let _unlisted = Servers::start_exchange_on(&net.pod, "0.0.0.0", UNLISTED_PORT);
+    let pod_udp = net.pod.run(async {
+        tokio::net::UdpSocket::bind("0.0.0.0:5353")
+            .await
+            .expect("bind a pod-local UDP port")
+    });
+    let udp_echo = net.pod.spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = pod_udp.recv_from(&mut buf).await {
+            let _ = pod_udp.send_to(&buf[..n], from).await;
+        }
+    });
+    let metadata = addr(&format!("{METADATA_IP}:{EXCHANGE_PORT}"));
+    // Control: the address is served, to the pod itself.
+    net.pod
+        .run(exchange(metadata, 10, 10))
+        .expect("the pod reaches the metadata stand-in")
+        .assert_intact(10, 10);
+    let vm = net.start_vmpod(config(mode, |t| {
+        t.replace(
+            "  mtu: auto\n",
+            &format!("  mtu: auto\n  guest_access: [{LISTED_PORT}]\n"),
+        )
+    }));
+
+    let mut table = Vec::new();
+    for ip in [GATEWAY_IP, POD_IP] {
+        let listed = addr(&format!("{ip}:{LISTED_PORT}"));
+        net.guest
+            .run(exchange(listed, 10, 10))
+            .unwrap_or_else(|e| panic!("{mode}: the listed {listed} must answer the guest: {e}"))
+            .assert_intact(10, 10);
+        table.push(format!("{listed}: answered"));
+        for port in [UNLISTED_PORT, 8181] {
+            let to = addr(&format!("{ip}:{port}"));
+            let err = net
+                .guest
+                .run(connect_and_read(to))
+                .expect_err(&format!("{mode}: the guest reached {to}"));
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{to}: {err}");
+            table.push(format!("{to}: {err}"));
+        }
+        let udp = addr(&format!("{ip}:5353"));
+        let err = net
+            .guest
+            .run(udp_probe(udp))
+            .expect_err(&format!("{mode}: the guest reached {udp}/udp"));
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{udp}/udp: {err}"
+        );
+        table.push(format!("{udp}/udp: {err}"));
+    }
+    let err = net
+        .guest
+        .run(connect_and_read(metadata))
+        .expect_err(&format!("{mode}: the guest reached the metadata address"));
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused,
+        "{metadata}: {err}"
+    );
+    table.push(format!("{metadata}: {err}"));
+    let err = net
+        .guest
+        .run(udp_probe(addr(&format!("{METADATA_IP}:53"))))
+        .expect_err(&format!("{mode}: UDP to the metadata address"));
+    assert_eq!(err.kind(), io::ErrorKind::HostUnreachable, "{err}");
+    table.push(format!("{METADATA_IP}:53/udp: {err}"));
+    // What is allowed still works.
+    net.guest
+        .run(exchange(cluster(EXCHANGE_PORT), 10, 10))
+        .expect("the cluster, past the refusals")
+        .assert_intact(10, 10);
+    eprintln!("{mode}: the guest's probes\n  {}", table.join("\n  "));
+    if is_proxy(mode) {
+        let e = &vm.relays().egress;
+        assert_eq!(RelayStats::get(&e.accepted), 1, "only the cluster exchange");
+    }
+    assert!(
+        servers.peer_ips().iter().all(|p| p == POD_IP),
+        "{:?}",
+        servers.peer_ips()
+    );
+    udp_echo.abort();
     stop(&net, vm);
 }
 
@@ -409,5 +542,6 @@ per_mode!(a_thousand_concurrent_connections: tproxy, redirect, kernel);
 // Kernel mode has no proxy: no connection limit and nothing to loop into.
 per_mode!(connection_limit_refuses_new_and_keeps_old: tproxy, redirect);
 per_mode!(loop_guard_refuses_vmpod_itself: tproxy, redirect);
+per_mode!(guest_is_isolated_from_the_pod: tproxy, redirect, kernel);
 per_mode!(reconcile_restores_what_others_removed: tproxy, redirect, kernel);
 per_mode!(teardown_leaves_the_pod_as_it_was: tproxy, redirect, kernel);

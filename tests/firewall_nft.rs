@@ -172,9 +172,11 @@ fn applying_over_another_mode_replaces_the_whole_table() {
     assert!(out.contains("chain egress_masquerade"), "{out}");
     assert_eq!(
         count_rules(&out),
-        6,
-        "kernel mode has six rules (four identity DNATs that keep a mesh's nat off the guest's \
-         connections, masquerade, health guard), the kernel holds:\n{out}"
+        15,
+        "kernel mode has 15 rules (four identity DNATs that keep a mesh's nat off the guest's \
+         connections, masquerade, six of guest_input: established, health guard, DHCP and DNS \
+         over UDP, DNS over TCP, TCP and UDP refusals; four of guest_forward: the metadata addresses), the \
+         kernel holds:\n{out}"
     );
 }
 

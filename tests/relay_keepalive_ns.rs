@@ -66,7 +66,7 @@ fn a_client_that_vanishes_without_a_fin_is_freed_by_keepalive() {
             },
             max_connections: 10,
             proxy_protocol: None,
-            keepalive: KEEPALIVE,
+            keepalive: Some(KEEPALIVE),
         };
         tokio::spawn(proxy::serve(
             "ingress",

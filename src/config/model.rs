@@ -162,6 +162,13 @@ pub struct Network {
     /// The address DHCPv6 hands the guest. Default: `::2` of the prefix.
     #[serde(default)]
     pub guest_ip6: Option<Ipv6Addr>,
+    /// Ports of the pod the guest may reach on the pod's own addresses (the
+    /// gateway and the pod IPs): a sidecar's or another container's
+    /// listeners. Empty by default: the guest is refused there, as it
+    /// would be on any other host of the network. DNS and DHCP on the
+    /// gateway stay open when vmpod serves them.
+    #[serde(default)]
+    pub guest_access: Vec<GuestPort>,
 }
 
 /// `network.ipv6`.
@@ -172,6 +179,51 @@ pub enum Ipv6Mode {
     Auto,
     On,
     Off,
+}
+
+/// One entry of `network.guest_access`: `8080` (TCP), `8080/tcp` or `5353/udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuestPort {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl<'de> Deserialize<'de> for GuestPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u16),
+            Text(String),
+        }
+        let bad = |t: &str| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a port: use a number such as 8080, or 8080/tcp or 5353/udp"
+            ))
+        };
+        match Raw::deserialize(d).map_err(|_| bad("this value"))? {
+            Raw::Number(port) => Ok(GuestPort {
+                port,
+                protocol: Protocol::Tcp,
+            }),
+            Raw::Text(t) => {
+                let (port, protocol) = match t.split_once('/') {
+                    None => (t.as_str(), Protocol::Tcp),
+                    Some((p, "tcp")) => (p, Protocol::Tcp),
+                    Some((p, "udp")) => (p, Protocol::Udp),
+                    Some(_) => return Err(bad(&t)),
+                };
+                let port = port.parse().map_err(|_| bad(&t))?;
+                Ok(GuestPort { port, protocol })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for GuestPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
 }
 
 /// `network.dns`.
@@ -218,6 +270,7 @@ impl Default for Network {
             ipv6: Ipv6Mode::Auto,
             gateway6: None,
             guest_ip6: None,
+            guest_access: Vec::new(),
         }
     }
 }
@@ -262,6 +315,13 @@ pub struct Egress {
     /// Destinations forwarded by the kernel, bypassing the proxy.
     #[serde(default)]
     pub exclude: Vec<IpNet>,
+    /// Destinations the guest is refused in every egress mode (the
+    /// firewall resets TCP and answers the rest with ICMP "administratively
+    /// prohibited"; the egress relay refuses them too). Default: the cloud
+    /// metadata addresses, which would hand the guest the node's
+    /// credentials. `[]` allows everything.
+    #[serde(default = "defaults::egress_deny")]
+    pub deny: Vec<IpNet>,
     /// Packet mark (and mask) for TPROXY policy routing. Chosen not to
     /// collide with Istio's 0x539 (1337), 0x111 and 1338.
     #[serde(default = "defaults::fwmark")]
@@ -290,6 +350,90 @@ pub struct Egress {
     /// are dropped and counted. Each session holds two descriptors.
     #[serde(default = "defaults::udp_egress_max_sessions")]
     pub udp_max_sessions: u32,
+    /// TCP keepalive on both sockets of every relayed connection (egress
+    /// and ingress): frees connections whose peer vanished without a FIN.
+    #[serde(default)]
+    pub keepalive: KeepaliveSetting,
+}
+
+/// `network.egress.keepalive`: `off`, or the probes' timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepaliveSetting {
+    Off,
+    On(KeepaliveTiming),
+}
+
+impl Default for KeepaliveSetting {
+    fn default() -> Self {
+        KeepaliveSetting::On(KeepaliveTiming::default())
+    }
+}
+
+/// Envoy's names (`keepalive_time`, `_interval`, `_probes`). The defaults:
+/// 300 s idle, then 9 probes 75 s apart, so a dead peer is freed within
+/// 16 minutes (see [`crate::relay::socket::Keepalive::DEFAULT`]).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveTiming {
+    /// Idle time before the first probe.
+    #[serde(default = "defaults::keepalive_time")]
+    pub time: HumanDuration,
+    /// Time between unanswered probes.
+    #[serde(default = "defaults::keepalive_interval")]
+    pub interval: HumanDuration,
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default = "defaults::keepalive_probes")]
+    pub probes: u32,
+}
+
+impl Default for KeepaliveTiming {
+    fn default() -> Self {
+        KeepaliveTiming {
+            time: defaults::keepalive_time(),
+            interval: defaults::keepalive_interval(),
+            probes: defaults::keepalive_probes(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepaliveSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor rather than an untagged enum: the timing's own errors
+        // (an unknown field, a bad duration) keep their words.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeepaliveSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`off` or a map of time, interval and probes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(KeepaliveSetting::Off),
+                    other => Err(E::custom(format!(
+                        "`{other}`: expected `off` or a map of time, interval and probes"
+                    ))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                // YAML 1.1 reads a bare `off` as false.
+                if v {
+                    Err(E::custom(
+                        "expected `off` or a map of time, interval and probes",
+                    ))
+                } else {
+                    Ok(KeepaliveSetting::Off)
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                KeepaliveTiming::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(KeepaliveSetting::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for Egress {
@@ -299,6 +443,7 @@ impl Default for Egress {
             listen_port: defaults::egress_port(),
             udp: UdpEgress::default(),
             exclude: Vec::new(),
+            deny: defaults::egress_deny(),
             fwmark: defaults::fwmark(),
             route_table: defaults::route_table(),
             connect_timeout: defaults::connect_timeout(),
@@ -308,6 +453,7 @@ impl Default for Egress {
             udp_idle_timeout: defaults::udp_egress_idle_timeout(),
             udp_stream_timeout: defaults::udp_egress_stream_timeout(),
             udp_max_sessions: defaults::udp_egress_max_sessions(),
+            keepalive: KeepaliveSetting::default(),
         }
     }
 }
@@ -446,7 +592,7 @@ pub enum ProxyProtocol {
     V2,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -509,6 +655,11 @@ pub struct Lifecycle {
     pub restart: RestartPolicy,
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: HumanDuration,
+    /// At shutdown, relayed connections in flight get this long to finish
+    /// before they are reset; taken out of `shutdown_grace`, so it must be
+    /// shorter.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: HumanDuration,
     /// Give up when a daemon (libvirtd, virtlogd) dies this many times...
     #[serde(default = "defaults::daemon_max_restarts")]
     pub daemon_max_restarts: u32,
@@ -522,6 +673,7 @@ impl Default for Lifecycle {
         Lifecycle {
             restart: RestartPolicy::default(),
             shutdown_grace: defaults::shutdown_grace(),
+            drain_timeout: defaults::drain_timeout(),
             daemon_max_restarts: defaults::daemon_max_restarts(),
             daemon_restart_window: defaults::daemon_restart_window(),
         }
@@ -625,6 +777,26 @@ mod defaults {
     }
     pub fn bridge() -> IfName {
         IfName::new("virbr0").expect("valid literal")
+    }
+    /// The link-local metadata service of AWS, GCP, Azure and others, and
+    /// AWS's IPv6 one.
+    pub fn keepalive_time() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub fn keepalive_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(75))
+    }
+    pub fn keepalive_probes() -> u32 {
+        9
+    }
+    pub fn drain_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    pub fn egress_deny() -> Vec<IpNet> {
+        ["169.254.169.254/32", "fd00:ec2::254/128"]
+            .iter()
+            .map(|n| n.parse().expect("valid literal"))
+            .collect()
     }
     pub fn gateway() -> IpNet {
         "10.0.1.1/24".parse().expect("valid literal")

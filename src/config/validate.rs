@@ -317,6 +317,25 @@ impl Validator {
             self.error("network.egress.max_connections", "must be at least 1");
         }
         self.udp_egress(eg);
+        if let super::model::KeepaliveSetting::On(k) = eg.keepalive {
+            // The kernel takes whole seconds, 1 to 32767 (TCP_KEEPIDLE,
+            // TCP_KEEPINTVL), and 1 to 127 probes (TCP_KEEPCNT).
+            for (field, d) in [("time", k.time), ("interval", k.interval)] {
+                let ms = d.0.as_millis();
+                if ms < 1000 || !ms.is_multiple_of(1000) || d.0.as_secs() > 32767 {
+                    self.error(
+                        format!("network.egress.keepalive.{field}"),
+                        format!("{d} is not a whole number of seconds from 1s to 32767s, as the kernel takes it"),
+                    );
+                }
+            }
+            if !(1..=127).contains(&k.probes) {
+                self.error(
+                    "network.egress.keepalive.probes",
+                    format!("{} is out of range: 1 to 127", k.probes),
+                );
+            }
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, ing) in net.ingress.iter().enumerate() {
             let field = format!("network.ingress[{i}]");
@@ -339,6 +358,27 @@ impl Validator {
                 self.error(format!("{field}.guest_port"), "port 0 is not a port");
             }
             self.ingress_options(&field, ing);
+        }
+        self.guest_access(c);
+    }
+
+    /// `network.guest_access`: ports of the pod, never vmpod's own
+    /// services (the firewall refuses the guest there whatever this says).
+    fn guest_access(&mut self, c: &VmConfig) {
+        let services = c.service_ports();
+        for (i, access) in c.network.guest_access.iter().enumerate() {
+            let field = format!("network.guest_access[{i}]");
+            if access.port == 0 {
+                self.error(field, "port 0 is not a port");
+            } else if access.protocol == Protocol::Tcp && services.contains(&access.port) {
+                self.error(
+                    field,
+                    format!(
+                        "{} is a port of vmpod's own services (health, consoles), which are never open to the guest: remove it",
+                        access.port
+                    ),
+                );
+            }
         }
     }
 
@@ -546,6 +586,15 @@ impl Validator {
         }
         if l.shutdown_grace.0.as_secs() > 3600 {
             self.error("lifecycle.shutdown_grace", "must be at most 1h");
+        }
+        if l.drain_timeout >= l.shutdown_grace && !l.shutdown_grace.0.is_zero() {
+            self.error(
+                "lifecycle.drain_timeout",
+                format!(
+                    "{} does not fit within lifecycle.shutdown_grace ({}): the drain is taken out of the grace, and the guest needs the rest to power off",
+                    l.drain_timeout, l.shutdown_grace
+                ),
+            );
         }
         if l.daemon_max_restarts == 0 {
             self.error("lifecycle.daemon_max_restarts", "must be at least 1");

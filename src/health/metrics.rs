@@ -64,6 +64,8 @@ struct Snapshot {
     daemon_restarts: Vec<(String, u64)>,
     firewall_reconciliations: u64,
     route_reconciliations: u64,
+    drained: u64,
+    drain_reset: u64,
     relays: Vec<RelayHandle>,
     udp_egress: Option<Arc<UdpEgressStats>>,
     services: Option<ServiceHandles>,
@@ -89,6 +91,8 @@ impl Snapshot {
                 .collect(),
             firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
             route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
+            drained: h.drained.load(Ordering::Relaxed),
+            drain_reset: h.drain_reset.load(Ordering::Relaxed),
             relays: lock(&h.relays).clone(),
             udp_egress: lock(&h.udp_egress).clone(),
             services: lock(&h.services).clone(),
@@ -247,6 +251,18 @@ impl Collector for Snapshot {
                 ("route", self.route_reconciliations),
             ]
             .map(|(o, n)| (vec![("object", o.to_string())], ConstCounter::new(n))),
+        )?;
+        counter(
+            e,
+            "vmpod_relay_drained",
+            "Relayed connections that ended on their own within lifecycle.drain_timeout at shutdown.",
+            self.drained,
+        )?;
+        counter(
+            e,
+            "vmpod_relay_reset_at_shutdown",
+            "Relayed connections still open at the end of the drain, reset.",
+            self.drain_reset,
         )?;
         self.relay_counter(
             e,

@@ -91,6 +91,10 @@ pub struct Health {
     daemon_restarts: Mutex<BTreeMap<String, u64>>,
     firewall_reconciliations: AtomicU64,
     route_reconciliations: AtomicU64,
+    /// At shutdown: connections in flight that ended within the drain
+    /// timeout, and those reset at it.
+    drained: AtomicU64,
+    drain_reset: AtomicU64,
     /// Wakes the prober early after a change the supervisor made.
     probe_now: Notify,
 }
@@ -159,6 +163,8 @@ impl Health {
             daemon_restarts: Mutex::new(DAEMONS.iter().map(|d| (d.to_string(), 0)).collect()),
             firewall_reconciliations: AtomicU64::new(0),
             route_reconciliations: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
+            drain_reset: AtomicU64::new(0),
             probe_now: Notify::new(),
         })
     }
@@ -259,6 +265,12 @@ impl Health {
         *lock(&self.daemon_restarts)
             .entry(component.to_string())
             .or_default() += 1;
+    }
+
+    /// What the relays' drain at shutdown did.
+    pub fn drained(&self, report: &crate::relay::drain::DrainReport) {
+        self.drained.fetch_add(report.drained, Ordering::Relaxed);
+        self.drain_reset.fetch_add(report.reset, Ordering::Relaxed);
     }
 
     pub fn reconciled(&self, restored: &Restored) {

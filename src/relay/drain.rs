@@ -78,9 +78,6 @@ pub struct DrainReport {
     pub took: Duration,
 }
 
-/// The drain timeout until the config has `lifecycle.drain_timeout`.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How often the count of connections in flight is looked at while draining.
 const POLL: Duration = Duration::from_millis(10);
 /// How long cut connections get to be torn down (an abortive close is one
@@ -157,7 +154,7 @@ mod tests {
             },
             max_connections: 100,
             proxy_protocol: None,
-            keepalive: Keepalive::DEFAULT,
+            keepalive: Some(Keepalive::DEFAULT),
         }
     }
 

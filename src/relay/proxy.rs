@@ -26,8 +26,8 @@ pub struct ProxySettings {
     /// A header for the upstream before the client's first byte.
     pub proxy_protocol: Option<ProxyProtocol>,
     /// TCP keepalive on both sockets of every relayed connection (the
-    /// config's `network.egress.keepalive: {idle, interval, count}`).
-    pub keepalive: socket::Keepalive,
+    /// config's `network.egress.keepalive`); `None`: off.
+    pub keepalive: Option<socket::Keepalive>,
 }
 
 impl ProxySettings {
@@ -123,7 +123,10 @@ async fn handle(
     cut: impl std::future::Future<Output = ()>,
 ) {
     let mut cut = std::pin::pin!(cut);
-    if let Err(e) = socket::set_keepalive(&client, &settings.keepalive) {
+    if let Some(Err(e)) = settings
+        .keepalive
+        .map(|k| socket::set_keepalive(&client, &k))
+    {
         tracing::debug!(relay = name, %peer, error = %e, "cannot set TCP keepalive on the client socket");
     }
     let connect = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(target));
@@ -136,7 +139,7 @@ async fn handle(
     };
     let mut upstream = match connected {
         Ok(Ok(s)) => {
-            if let Err(e) = socket::set_keepalive(&s, &settings.keepalive) {
+            if let Some(Err(e)) = settings.keepalive.map(|k| socket::set_keepalive(&s, &k)) {
                 tracing::debug!(relay = name, %peer, %target, error = %e, "cannot set TCP keepalive on the upstream socket");
             }
             s

@@ -73,6 +73,7 @@ impl Relays {
                     mode: spec.mode,
                     listen: addr,
                     guarded_ports: spec.guarded_ports.clone(),
+                    deny: spec.deny.clone(),
                 });
                 tracing::info!(relay = "egress", %addr, "listening");
                 pending.push(Box::pin(proxy::serve(

@@ -20,6 +20,8 @@ pub struct EgressSpec {
     /// vmpod's own ports on the pod's addresses: a guest connection there
     /// would loop back into vmpod, so it is refused.
     pub guarded_ports: BTreeSet<u16>,
+    /// `network.egress.deny`: original destinations refused.
+    pub deny: Vec<ipnet::IpNet>,
     pub settings: ProxySettings,
 }
 
@@ -57,4 +59,41 @@ pub struct RelayPlan {
     /// The UDP egress relay (`network.egress.udp: relay`).
     pub udp_egress: Option<UdpEgressSpec>,
     pub ingress: Vec<IngressSpec>,
+    /// `lifecycle.drain_timeout`: how long connections in flight get at
+    /// shutdown before they are reset.
+    pub drain_timeout: std::time::Duration,
+}
+
+impl RelayPlan {
+    /// The keepalive every TCP relay of the VM sets (they share the
+    /// egress settings); `None` when off or when there is no TCP relay.
+    pub fn keepalive(&self) -> Option<super::socket::Keepalive> {
+        self.egress
+            .as_ref()
+            .map(|e| e.settings.keepalive)
+            .or_else(|| {
+                self.ingress.iter().find_map(|i| match &i.relay {
+                    IngressRelay::Tcp(s) => Some(s.keepalive),
+                    IngressRelay::Udp(_) => None,
+                })
+            })
+            .flatten()
+    }
+
+    /// One line for `vmpod render`.
+    pub fn summary(&self) -> String {
+        let keepalive = match self.keepalive() {
+            Some(k) => format!(
+                "TCP keepalive after {}s idle, {} probes {}s apart",
+                k.idle.as_secs(),
+                k.count,
+                k.interval.as_secs()
+            ),
+            None => "TCP keepalive off".into(),
+        };
+        format!(
+            "{keepalive}; at shutdown, connections in flight get {}ms to finish, then are reset",
+            self.drain_timeout.as_millis()
+        )
+    }
 }

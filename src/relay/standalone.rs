@@ -63,7 +63,7 @@ pub fn default_settings(max_connections: u32) -> ProxySettings {
         },
         max_connections,
         proxy_protocol: None,
-        keepalive: Keepalive::DEFAULT,
+        keepalive: Some(Keepalive::DEFAULT),
     }
 }
 
@@ -111,6 +111,8 @@ async fn serve(
                 mode,
                 listen,
                 guarded_ports: BTreeSet::new(),
+                // The standalone relay has no config: no deny list.
+                deny: Vec::new(),
             }),
         ),
     };

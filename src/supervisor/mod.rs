@@ -401,12 +401,14 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         // Listeners close first: no new connection is accepted for a guest
         // that is going away.
         if let Some(relays) = self.relays.take() {
-            relays
-                .stop(crate::relay::drain::DEFAULT_DRAIN_TIMEOUT)
-                .await;
+            let report = relays.stop(self.plan.relays.drain_timeout).await;
+            self.health.drained(&report);
         }
+        // The drain is taken out of the grace (validation keeps it
+        // shorter): the kubelet's deadline counts from SIGTERM.
+        let grace = self.lifecycle.shutdown_grace.saturating_sub(t.elapsed());
         if matches!(self.guest.state().await, Ok(s) if s.is_active()) {
-            self.stop_guest(self.lifecycle.shutdown_grace).await;
+            self.stop_guest(grace).await;
         }
         if let Some(services) = self.services.take() {
             services.stop().await;

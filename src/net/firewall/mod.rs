@@ -47,11 +47,15 @@
 //!
 //! In every mode, traffic the proxy does not carry (UDP unless `udp: off`,
 //! ICMP, TCP to excluded destinations) is masqueraded behind the pod's
-//! address when it leaves other than through B, and the guest is refused
-//! (TCP reset) on vmpod's health and console ports at every address of the
-//! pod: the gateway is one of them, and those services are for the kubelet,
-//! Prometheus and console users, not for the guest. Every rule carries a `comment` saying
-//! why, for the operator reading `nft list table`.
+//! address when it leaves other than through B. At every address of the
+//! pod (the gateway is one of them) the guest reaches only what
+//! `network.guest_access` lists, plus vmpod's DHCP and DNS (`guest_input`):
+//! the pod's listeners are not the guest's to use, and vmpod's health and
+//! console ports, for the kubelet, Prometheus and console users, are
+//! refused even when listed. Destinations of `network.egress.deny` (the
+//! metadata service by default) skip the proxy rules and are refused in
+//! `guest_forward`, so the refusal holds in every egress mode. Every rule
+//! carries a `comment` saying why, for the operator reading `nft list table`.
 //!
 //! The module is split by job: [`model`] holds the rule types, [`plan`]
 //! turns the config into a table of them, [`render`] writes them as nft

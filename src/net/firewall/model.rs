@@ -33,6 +33,7 @@ pub enum ChainType {
 pub enum Hook {
     Prerouting,
     Input,
+    Forward,
     Output,
     Postrouting,
 }
@@ -142,14 +143,17 @@ pub enum Match {
     /// `fib daddr type unicast`: routed to one host elsewhere; not this
     /// namespace, not broadcast, not multicast.
     UnicastDestination,
-    /// `tcp dport P` or `tcp dport { P, ... }`; sorted, never empty.
-    TcpDestinationPorts(Vec<u16>),
+    /// `tcp dport P` or `udp dport { P, ... }`; sorted, never empty.
+    DestinationPorts(L4Proto, Vec<u16>),
     /// `tcp dport P` or `udp dport P`.
     DestinationPort(L4Proto, u16),
     /// `ct direction reply`: an answer within a tracked connection.
     ReplyDirection,
     /// `ct status dnat`: the connection's destination was rewritten.
     DestinationNatted,
+    /// `ct state established,related`: a packet of a connection already
+    /// let through (or an ICMP error about one).
+    EstablishedOrRelated,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +171,11 @@ pub enum Action {
     Return,
     /// `reject with tcp reset`: what a closed port answers.
     RejectWithTcpReset,
+    /// `reject`: ICMP port unreachable, what a closed UDP port answers.
+    RejectPortUnreachable,
+    /// `reject with icmpx admin-prohibited`: "administratively prohibited",
+    /// a refusal the guest's tools name as such.
+    RejectAdminProhibited,
     /// `dnat ip to A:P` (or `ip6`).
     Dnat(SocketAddr),
     /// `snat ip to A` (or `ip6`).

@@ -9,7 +9,7 @@ use super::model::{
     Action, Chain, ChainType, FirewallPlan, Hook, Icmpv6Type, IpFamily, L4Proto, Match, Priority,
     Rule,
 };
-use crate::config::{EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
+use crate::config::{DnsSetting, EgressMode, IfName, Ingress, Protocol, UdpEgress, VmConfig};
 
 /// The guest's IPv6 beside its IPv4 network (`network.ipv6`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,7 @@ pub fn plan(config: &VmConfig) -> FirewallPlan {
 pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
     let net = &config.network;
     let egress = &net.egress;
+    let deny = Denied::of(&egress.deny);
     let primary = net.gateway.trunc();
     let guests: Vec<Guest> = std::iter::once(primary)
         .chain(ipv6.map(|v6| IpNet::V6(v6.gateway.trunc())))
@@ -50,6 +51,7 @@ pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
                 subnet,
                 family,
                 exclude,
+                deny: deny.of_family(family).to_vec(),
             }
         })
         .collect();
@@ -96,6 +98,7 @@ pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
             .flatten()
             .chain(guests.iter().flat_map(|guest| {
                 [
+                    guest.denied_bypass(Action::Return),
                     guest.exclusions_return(),
                     Some(Rule {
                         matches: guest.new_tcp(),
@@ -173,46 +176,22 @@ pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
         priority: Priority::SrcNat,
         rules: masquerade,
     });
-    let mut input = vec![Rule {
-        matches: vec![
-            Match::InInterface(net.bridge.clone()),
-            Match::LocalDestination,
-            Match::TcpDestinationPorts(config.service_ports().into_iter().collect()),
-        ],
-        actions: vec![Action::RejectWithTcpReset],
-        comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
-    }];
-    if ipv6.is_some() {
-        // The policy accepts them anyway; written out so that they are
-        // seen in `nft list` as what the guest's IPv6 needs from the pod.
-        input.push(Rule {
-            matches: vec![
-                Match::InInterface(net.bridge.clone()),
-                Match::Icmpv6Types(vec![
-                    Icmpv6Type::RouterSolicit,
-                    Icmpv6Type::NeighborSolicit,
-                    Icmpv6Type::NeighborAdvert,
-                ]),
-            ],
-            actions: vec![Action::Accept],
-            comment: "the guest's router and neighbour discovery: answered by the RA server and the kernel".into(),
-        });
-        input.push(Rule {
-            matches: vec![
-                Match::InInterface(net.bridge.clone()),
-                Match::DestinationPort(L4Proto::Udp, 547),
-            ],
-            actions: vec![Action::Accept],
-            comment: "the guest's DHCPv6 client: answered by vmpod's DHCPv6 server".into(),
-        });
-    }
     chains.push(Chain {
         name: "guest_input",
         kind: ChainType::Filter,
         hook: Hook::Input,
         priority: Priority::Filter,
-        rules: input,
+        rules: guest_input(config, ipv6.is_some()),
     });
+    if !deny.is_empty() {
+        chains.push(Chain {
+            name: "guest_forward",
+            kind: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: Priority::Filter,
+            rules: deny.forward_rules(&net.bridge),
+        });
+    }
 
     if !dnat.is_empty() {
         chains.extend(dnat_chains(config, &dnat, ipv6));
@@ -234,6 +213,7 @@ fn guest_nat_first(config: &VmConfig, guests: &[Guest]) -> Vec<Rule> {
     let mut rules = Vec::new();
     if egress.mode == EgressMode::Redirect {
         for guest in guests {
+            rules.extend(guest.denied_bypass(Action::DnatToOwnDestination(guest.family)));
             if !guest.exclude.is_empty() {
                 rules.push(Rule {
                     matches: vec![
@@ -263,6 +243,188 @@ fn guest_nat_first(config: &VmConfig, guests: &[Guest]) -> Vec<Rule> {
         });
     }
     rules
+}
+
+/// The rules of `guest_input`: what the guest may reach on the pod's own
+/// addresses (the gateway and the pod IPs, whatever the family). Answers
+/// within connections already let through pass first: the pod's
+/// connections to the guest (ingress) are answered to a pod address.
+/// vmpod's services are refused whatever `network.guest_access` says;
+/// DHCP and DNS are open when vmpod serves them; the listed ports are
+/// open; every other TCP port is reset and every other UDP port answered
+/// "port unreachable", as a closed port on another host would be. ICMP
+/// stays open (ping, neighbour discovery, path MTU).
+fn guest_input(config: &VmConfig, ipv6: bool) -> Vec<Rule> {
+    let net = &config.network;
+    let from_guest = |mut extra: Vec<Match>| {
+        let mut m = vec![Match::InInterface(net.bridge.clone())];
+        m.append(&mut extra);
+        m
+    };
+    let local = |proto: L4Proto, ports: Vec<u16>| {
+        from_guest(vec![
+            Match::LocalDestination,
+            Match::DestinationPorts(proto, ports),
+        ])
+    };
+    let mut rules = vec![Rule {
+        matches: from_guest(vec![Match::EstablishedOrRelated]),
+        actions: vec![Action::Accept],
+        comment: "packet of a connection already let through, e.g. the guest answering the pod"
+            .into(),
+    }];
+    if ipv6 {
+        // Never refused below (ICMP stays open); written out so that `nft
+        // list` shows what the guest's IPv6 needs from the pod.
+        rules.push(Rule {
+            matches: from_guest(vec![Match::Icmpv6Types(vec![
+                Icmpv6Type::RouterSolicit,
+                Icmpv6Type::NeighborSolicit,
+                Icmpv6Type::NeighborAdvert,
+            ])]),
+            actions: vec![Action::Accept],
+            comment: "the guest's router and neighbour discovery: answered by the RA server and the kernel".into(),
+        });
+    }
+    if net.egress.mode == EgressMode::Redirect {
+        rules.push(Rule {
+            matches: from_guest(vec![Match::DestinationNatted]),
+            actions: vec![Action::Accept],
+            comment: "guest connection redirected to the egress proxy by guest_nat_first".into(),
+        });
+    }
+    rules.push(Rule {
+        matches: local(L4Proto::Tcp, config.service_ports().into_iter().collect()),
+        actions: vec![Action::RejectWithTcpReset],
+        comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
+    });
+    let mut udp: Vec<u16> = Vec::new();
+    let mut tcp: Vec<u16> = Vec::new();
+    if net.dhcp && net.gateway.addr().is_ipv4() {
+        udp.push(67);
+    }
+    if net.dns == DnsSetting::Forward {
+        udp.push(53);
+        tcp.push(53);
+    }
+    if ipv6 {
+        // DHCPv6 to the gateway's own address (a renew may be unicast);
+        // ICMPv6 (RS, NS, NA) is never refused here.
+        udp.push(547);
+    }
+    udp.sort_unstable();
+    if !udp.is_empty() || !tcp.is_empty() {
+        for (proto, ports) in [(L4Proto::Udp, udp), (L4Proto::Tcp, tcp)] {
+            if !ports.is_empty() {
+                rules.push(Rule {
+                    matches: local(proto, ports),
+                    actions: vec![Action::Accept],
+                    comment: "vmpod's DHCP servers and DNS forwarder on the gateway".into(),
+                });
+            }
+        }
+    }
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let mut ports: Vec<u16> = net
+            .guest_access
+            .iter()
+            .filter(|a| a.protocol == proto)
+            .map(|a| a.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if !ports.is_empty() {
+            let l4 = match proto {
+                Protocol::Tcp => L4Proto::Tcp,
+                Protocol::Udp => L4Proto::Udp,
+            };
+            rules.push(Rule {
+                matches: local(l4, ports),
+                actions: vec![Action::Accept],
+                comment: "pod port the guest may reach (network.guest_access)".into(),
+            });
+        }
+    }
+    rules.push(Rule {
+        matches: from_guest(vec![Match::LocalDestination, Match::Proto(L4Proto::Tcp)]),
+        actions: vec![Action::RejectWithTcpReset],
+        comment: "pod-local TCP port not in network.guest_access: closed to the guest".into(),
+    });
+    rules.push(Rule {
+        matches: from_guest(vec![Match::LocalDestination, Match::Proto(L4Proto::Udp)]),
+        actions: vec![Action::RejectPortUnreachable],
+        comment: "pod-local UDP port not in network.guest_access: closed to the guest".into(),
+    });
+    rules
+}
+
+/// `network.egress.deny`, split by family and made canonical (sorted, no
+/// overlaps, host bits cleared).
+struct Denied {
+    v4: Vec<IpNet>,
+    v6: Vec<IpNet>,
+}
+
+impl Denied {
+    fn of(deny: &[IpNet]) -> Denied {
+        let family = |f: IpFamily| {
+            IpNet::aggregate(
+                &deny
+                    .iter()
+                    .filter(|n| IpFamily::of(n) == f)
+                    .copied()
+                    .collect(),
+            )
+        };
+        Denied {
+            v4: family(IpFamily::V4),
+            v6: family(IpFamily::V6),
+        }
+    }
+
+    fn of_family(&self, family: IpFamily) -> &[IpNet] {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// The refusals, in the forward hook: every egress mode lets denied
+    /// destinations past its proxy rules, so they are forwarded, and
+    /// refused here. The forward hook accepts `reject` on every kernel.
+    fn forward_rules(&self, bridge: &IfName) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let nets = self.of_family(family);
+            if nets.is_empty() {
+                continue;
+            }
+            let to = || {
+                vec![
+                    Match::InInterface(bridge.clone()),
+                    Match::DestinationIn(family, nets.to_vec()),
+                ]
+            };
+            let mut tcp = to();
+            tcp.push(Match::Proto(L4Proto::Tcp));
+            rules.push(Rule {
+                matches: tcp,
+                actions: vec![Action::RejectWithTcpReset],
+                comment: "denied destination (network.egress.deny): TCP reset".into(),
+            });
+            rules.push(Rule {
+                matches: to(),
+                actions: vec![Action::RejectAdminProhibited],
+                comment: "denied destination (network.egress.deny): administratively prohibited"
+                    .into(),
+            });
+        }
+        rules
+    }
 }
 
 /// 127.0.0.0/8: where a sidecar delivers from (Envoy uses 127.0.0.6).
@@ -413,6 +575,8 @@ struct Guest<'a> {
     family: IpFamily,
     /// `network.egress.exclude` of this family, aggregated.
     exclude: Vec<IpNet>,
+    /// `network.egress.deny` of this family, aggregated.
+    deny: Vec<IpNet>,
 }
 
 impl Guest<'_> {
@@ -436,6 +600,23 @@ impl Guest<'_> {
             ));
         }
         matches
+    }
+
+    /// Denied destinations skip the proxy (`action`: return from the
+    /// TPROXY chain, or an identity DNAT before the REDIRECT), so that they
+    /// are forwarded and `guest_forward` refuses them.
+    fn denied_bypass(&self, action: Action) -> Option<Rule> {
+        (!self.deny.is_empty()).then(|| Rule {
+            matches: vec![
+                Match::InInterface(self.bridge.clone()),
+                Match::Source(self.subnet),
+                Match::DestinationIn(self.family, self.deny.clone()),
+            ],
+            actions: vec![action],
+            comment:
+                "denied destination (network.egress.deny): not proxied, refused in guest_forward"
+                    .into(),
+        })
     }
 
     fn exclusions_return(&self) -> Option<Rule> {

@@ -57,6 +57,7 @@ impl fmt::Display for Hook {
         f.write_str(match self {
             Hook::Prerouting => "prerouting",
             Hook::Input => "input",
+            Hook::Forward => "forward",
             Hook::Output => "output",
             Hook::Postrouting => "postrouting",
         })
@@ -157,13 +158,14 @@ impl fmt::Display for Match {
             Match::DestinationPort(proto, port) => write!(f, "{proto} dport {port}"),
             Match::ReplyDirection => f.write_str("ct direction reply"),
             Match::DestinationNatted => f.write_str("ct status dnat"),
-            Match::TcpDestinationPorts(ports) => match ports.as_slice() {
-                [one] => write!(f, "tcp dport {one}"),
+            Match::DestinationPorts(proto, ports) => match ports.as_slice() {
+                [one] => write!(f, "{proto} dport {one}"),
                 many => {
                     let list: Vec<String> = many.iter().map(u16::to_string).collect();
-                    write!(f, "tcp dport {{ {} }}", list.join(", "))
+                    write!(f, "{proto} dport {{ {} }}", list.join(", "))
                 }
             },
+            Match::EstablishedOrRelated => f.write_str("ct state established,related"),
         }
     }
 }
@@ -250,6 +252,8 @@ impl fmt::Display for Action {
             Action::Accept => f.write_str("accept"),
             Action::Return => f.write_str("return"),
             Action::RejectWithTcpReset => f.write_str("reject with tcp reset"),
+            Action::RejectPortUnreachable => f.write_str("reject"),
+            Action::RejectAdminProhibited => f.write_str("reject with icmpx admin-prohibited"),
             Action::Dnat(SocketAddr::V4(to)) => write!(f, "dnat ip to {to}"),
             Action::Dnat(SocketAddr::V6(to)) => {
                 write!(f, "dnat ip6 to [{}]:{}", to.ip(), to.port())

@@ -66,7 +66,8 @@ fn tproxy_mode() {
             "guest_nat_first",
             "pod_to_guest_nat_first",
             "egress_masquerade",
-            "guest_input"
+            "guest_input",
+            "guest_forward"
         ]
     );
     assert!(s.contains("type filter hook prerouting priority mangle + 10; policy accept;"));
@@ -74,7 +75,12 @@ fn tproxy_mode() {
     assert!(s.contains(TPROXY_RULE), "{s}");
     assert!(s.contains(UDP_MASQ), "{s}");
     assert!(s.contains(ICMP_MASQ), "{s}");
-    assert!(!s.contains("return"), "no exclusions, no return: {s}");
+    let tproxy = rules_of(&p, "egress_tproxy").join("\n");
+    assert_eq!(
+        tproxy.matches("return").count(),
+        1,
+        "no exclusions: only the deny list returns: {tproxy}"
+    );
     assert!(!s.contains("redirect to"), "{s}");
     // The socket rule comes first: established connections must not
     // be sent through tproxy again.
@@ -106,7 +112,8 @@ fn kernel_mode_masquerades_everything() {
             "guest_nat_first",
             "pod_to_guest_nat_first",
             "egress_masquerade",
-            "guest_input"
+            "guest_input",
+            "guest_forward"
         ],
         "{s}"
     );
@@ -115,9 +122,11 @@ fn kernel_mode_masquerades_everything() {
         s.contains("ip saddr 10.0.1.0/24 oifname != \"virbr0\" masquerade comment"),
         "{s}"
     );
-    for absent in ["tproxy", "redirect to", "socket", "mark", "l4proto"] {
+    for absent in ["tproxy", "redirect to", "socket", "mark"] {
         assert!(!s.contains(absent), "{absent} in {s}");
     }
+    let masq = rules_of(&p, "egress_masquerade").join("\n");
+    assert!(!masq.contains("l4proto"), "{masq}");
 }
 
 #[test]
@@ -135,7 +144,14 @@ fn udp_off_drops_the_udp_masquerade_only() {
         let s = script(&format!(
             "network:\n  egress:\n    mode: {mode}\n    udp: \"off\"\n"
         ));
-        assert!(!s.contains("udp"), "{mode}: {s}");
+        let masq = rules_of(
+            &plan(&config(&format!(
+                "network:\n  egress:\n    mode: {mode}\n    udp: \"off\"\n"
+            ))),
+            "egress_masquerade",
+        )
+        .join("\n");
+        assert!(!masq.contains("udp"), "{mode}: {masq}");
         assert!(s.contains(ICMP_MASQ), "{mode}: {s}");
     }
 }
@@ -439,7 +455,7 @@ fn dual_stack_sends_the_guests_ipv6_through_every_path() {
         format!("ip6 saddr {prefix} oifname != \"virbr0\" meta l4proto icmpv6 masquerade"),
         "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
             .to_string(),
-        "udp dport 547 accept".to_string(),
+        "udp dport { 53, 67, 547 } accept".to_string(),
         format!("tcp dport 9080 dnat ip6 to [{guest}]:9080"),
         "tcp dport 9080 dnat ip to 10.0.1.2:9080".to_string(),
     ] {
@@ -448,7 +464,7 @@ fn dual_stack_sends_the_guests_ipv6_through_every_path() {
     // Without IPv6 none of it.
     let v4 = plan(&c).script();
     assert!(
-        !v4.contains("ip6 saddr") && !v4.contains("udp dport 547"),
+        !v4.contains("ip6 saddr") && !v4.contains("547"),
         "{v4}"
     );
 }
@@ -478,5 +494,114 @@ fn udp_relay_for_an_ipv6_guest_uses_tproxy_ip6() {
     assert!(
         s.contains("iifname \"br6\" ip6 saddr fd00:1::/64 meta l4proto udp fib daddr type unicast tproxy ip6 to :9401"),
         "{s}"
+    );
+}
+
+/// The rule lines of chain `name`, without their comments.
+fn rules_of(p: &FirewallPlan, name: &str) -> Vec<String> {
+    chain(p, name)
+        .unwrap_or_else(|| panic!("no chain {name}"))
+        .rules
+        .iter()
+        .map(|r| {
+            let line = r.to_string();
+            line[..line.find(" comment ").unwrap()].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_guest_reaches_no_pod_port_by_default_in_every_mode() {
+    for mode in ["tproxy", "redirect", "kernel"] {
+        let p = plan(&config(&format!("network:\n  egress:\n    mode: {mode}\n")));
+        let rules = rules_of(&p, "guest_input");
+        let mut expected = vec!["iifname \"virbr0\" ct state established,related accept"];
+        if mode == "redirect" {
+            expected.push("iifname \"virbr0\" ct status dnat accept");
+        }
+        expected.extend([
+            "iifname \"virbr0\" fib daddr type local tcp dport 8181 reject with tcp reset",
+            "iifname \"virbr0\" fib daddr type local udp dport { 53, 67 } accept",
+            "iifname \"virbr0\" fib daddr type local tcp dport 53 accept",
+            "iifname \"virbr0\" fib daddr type local meta l4proto tcp reject with tcp reset",
+            "iifname \"virbr0\" fib daddr type local meta l4proto udp reject",
+        ]);
+        assert_eq!(rules, expected, "{mode}");
+    }
+}
+
+#[test]
+fn guest_access_opens_the_listed_ports_only_after_vmpods_own_are_refused() {
+    let p = plan(&config(
+        "network:\n  guest_access: [15021, \"8080/tcp\", \"5353/udp\", 15021]\n  dhcp: false\n  dns: [10.96.0.10]\n",
+    ));
+    let rules = rules_of(&p, "guest_input");
+    assert_eq!(
+        rules,
+        [
+            "iifname \"virbr0\" ct state established,related accept",
+            "iifname \"virbr0\" fib daddr type local tcp dport 8181 reject with tcp reset",
+            "iifname \"virbr0\" fib daddr type local tcp dport { 8080, 15021 } accept",
+            "iifname \"virbr0\" fib daddr type local udp dport 5353 accept",
+            "iifname \"virbr0\" fib daddr type local meta l4proto tcp reject with tcp reset",
+            "iifname \"virbr0\" fib daddr type local meta l4proto udp reject",
+        ]
+    );
+}
+
+#[test]
+fn metadata_addresses_are_denied_by_default_in_every_mode() {
+    for mode in ["tproxy", "redirect", "kernel"] {
+        let p = plan(&config(&format!("network:\n  egress:\n    mode: {mode}\n")));
+        let forward = chain(&p, "guest_forward").expect("guest_forward chain");
+        assert_eq!(
+            (forward.hook, forward.priority),
+            (Hook::Forward, Priority::Filter)
+        );
+        assert_eq!(
+            rules_of(&p, "guest_forward"),
+            [
+                "iifname \"virbr0\" ip daddr 169.254.169.254 meta l4proto tcp reject with tcp reset",
+                "iifname \"virbr0\" ip daddr 169.254.169.254 reject with icmpx admin-prohibited",
+                "iifname \"virbr0\" ip6 daddr fd00:ec2::254 meta l4proto tcp reject with tcp reset",
+                "iifname \"virbr0\" ip6 daddr fd00:ec2::254 reject with icmpx admin-prohibited",
+            ],
+            "{mode}"
+        );
+        // The proxy modes let them past their capture, first.
+        let bypass = "iifname \"virbr0\" ip saddr 10.0.1.0/24 ip daddr 169.254.169.254";
+        match mode {
+            "tproxy" => {
+                let rules = rules_of(&p, "egress_tproxy");
+                let at = rules.iter().position(|r| r.starts_with(bypass)).unwrap();
+                let tproxy = rules.iter().position(|r| r.contains("tproxy ip")).unwrap();
+                assert!(rules[at].ends_with(" return") && at < tproxy, "{rules:?}");
+            }
+            "redirect" => {
+                let rules = rules_of(&p, "guest_nat_first");
+                assert_eq!(rules[0], format!("{bypass} dnat ip to ip daddr"));
+                assert!(rules[1].contains("redirect to :9401"), "{rules:?}");
+            }
+            _ => assert!(chain(&p, "egress_tproxy").is_none()),
+        }
+    }
+}
+
+#[test]
+fn the_deny_list_is_overridable_and_may_be_empty() {
+    let p = plan(&config(
+        "network:\n  egress:\n    deny: [10.96.0.0/12, 10.100.0.0/16, 192.0.2.7/32]\n",
+    ));
+    assert_eq!(
+        rules_of(&p, "guest_forward")[1],
+        "iifname \"virbr0\" ip daddr { 10.96.0.0/12, 192.0.2.7 } reject with icmpx admin-prohibited"
+    );
+    assert!(!p.script().contains("169.254.169.254"));
+    let p = plan(&config("network:\n  egress:\n    deny: []\n"));
+    assert!(chain(&p, "guest_forward").is_none());
+    assert!(
+        !p.script().contains("network.egress.deny"),
+        "{}",
+        p.script()
     );
 }
