@@ -22,3 +22,4 @@ pub mod ratelimit;
 pub mod relay;
 pub mod sidecar;
 pub mod supervisor;
+pub mod termtext;

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::addressing::AddressingPlan;
 use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
 use crate::dhcp::DhcpConfigError;
+use crate::health::guest_probe::GuestProbePlan;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -102,6 +103,8 @@ pub struct Plan {
     /// endpoint's.
     pub listeners: Vec<Listener>,
     pub health_addr: SocketAddr,
+    /// The guest's readiness and liveness probes (`health.guest`).
+    pub guest_probes: GuestProbePlan,
     pub daemon_files: Vec<ConfigFile>,
 }
 
@@ -139,6 +142,7 @@ impl Plan {
             addressing,
             relays,
             health_addr,
+            guest_probes: GuestProbePlan::build(config),
             daemon_files: daemon_config::files(config),
         })
     }
@@ -197,6 +201,7 @@ impl Plan {
                 })),
                 "guest_dns": self.addressing.guest_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
             },
+            "guest_probes": self.guest_probes.to_json(),
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -436,6 +441,8 @@ impl fmt::Display for Plan {
                 l.target
             )?;
         }
+        writeln!(f, "\n## guest probes (from vmpod to the guest)")?;
+        write!(f, "{}", self.guest_probes)?;
         writeln!(f, "\n## nftables (nft -f -)")?;
         write!(f, "{}", self.firewall_script())?;
         writeln!(f, "\n## libvirt daemon configuration")?;
