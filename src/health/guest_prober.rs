@@ -241,4 +241,30 @@ mod tests {
         let refused = http_get(addr, "/").await.unwrap_err();
         assert!(refused.contains("refused"), "{refused}");
     }
+
+    #[tokio::test]
+    async fn the_real_checker_connects_and_asks_libvirt_for_the_agent() {
+        let libvirt = crate::libvirt::conn::Libvirt::spawn("test:///default").unwrap();
+        let checker = GuestChecker {
+            guest: Arc::new(Guest::new(libvirt, "test")),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let second = Duration::from_secs(1);
+        assert_eq!(checker.check(&ProbeAction::Tcp(addr), second).await, Ok(()));
+        drop(listener);
+        assert!(
+            checker
+                .check(&ProbeAction::Tcp(addr), second)
+                .await
+                .is_err()
+        );
+        // libvirt's test driver has a domain "test" and no guest agent: the
+        // call is made and its failure is the probe's miss.
+        let e = checker
+            .check(&ProbeAction::Agent, second)
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("libvirt: "), "{e}");
+    }
 }
