@@ -20,5 +20,7 @@ pub mod plan;
 pub mod preflight;
 pub mod ratelimit;
 pub mod relay;
+pub mod serial_console;
 pub mod sidecar;
 pub mod supervisor;
+pub mod termtext;

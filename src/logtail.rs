@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::termtext::Screen;
+
 const POLL: Duration = Duration::from_millis(250);
 /// A line longer than this is cut into pieces.
 const MAX_LINE: usize = 16 * 1024;
@@ -89,14 +91,35 @@ pub struct LogTail {
 }
 
 impl LogTail {
+    /// The serial console is terminal output: it is carried as the screen
+    /// would show it ([`crate::termtext`]).
     pub fn spawn(path: PathBuf, source: Source, start: Start) -> LogTail {
-        Self::spawn_with(path, start, move |line| source.emit(line))
+        let terminal = source == Source::Serial;
+        Self::spawn_inner(path, start, terminal, move |line| source.emit(line))
     }
 
     /// Like [`spawn`](Self::spawn) with lines going to `sink` (tests).
     pub fn spawn_with(
         path: PathBuf,
         start: Start,
+        sink: impl FnMut(&str) + Send + 'static,
+    ) -> LogTail {
+        Self::spawn_inner(path, start, false, sink)
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), for terminal output.
+    pub fn spawn_terminal_with(
+        path: PathBuf,
+        start: Start,
+        sink: impl FnMut(&str) + Send + 'static,
+    ) -> LogTail {
+        Self::spawn_inner(path, start, true, sink)
+    }
+
+    fn spawn_inner(
+        path: PathBuf,
+        start: Start,
+        terminal: bool,
         sink: impl FnMut(&str) + Send + 'static,
     ) -> LogTail {
         let shared = Arc::new(Shared {
@@ -107,7 +130,7 @@ impl LogTail {
         let name = format!("tail {}", path.display());
         let thread = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || Follower::new(path, start, sink).run(&thread_shared));
+            .spawn(move || Follower::new(path, start, terminal, sink).run(&thread_shared));
         match thread {
             Ok(t) => LogTail {
                 shared,
@@ -163,10 +186,14 @@ struct Follower<F> {
     partial: Vec<u8>,
     partial_since: Option<Instant>,
     opened_once: bool,
+    /// For terminal output: the last line, held while the next may draw
+    /// over it, and since when.
+    screen: Option<Screen>,
+    held_since: Option<Instant>,
 }
 
 impl<F: FnMut(&str)> Follower<F> {
-    fn new(path: PathBuf, start: Start, sink: F) -> Self {
+    fn new(path: PathBuf, start: Start, terminal: bool, sink: F) -> Self {
         // A file that appears later is new: all of it belongs to this run.
         let start = if path.exists() {
             start
@@ -183,6 +210,8 @@ impl<F: FnMut(&str)> Follower<F> {
             partial: Vec::new(),
             partial_since: None,
             opened_once: false,
+            screen: terminal.then(Screen::default),
+            held_since: None,
         }
     }
 
@@ -200,6 +229,7 @@ impl<F: FnMut(&str)> Follower<F> {
             }
             if stopping {
                 self.flush_partial();
+                self.flush_screen();
                 return;
             }
             std::thread::park_timeout(POLL);
@@ -211,6 +241,7 @@ impl<F: FnMut(&str)> Follower<F> {
     /// path from its start.
     fn reopen_from_start(&mut self) {
         self.flush_partial();
+        self.flush_screen();
         self.file = None;
         self.pos = 0;
         self.opened_once = true;
@@ -218,6 +249,7 @@ impl<F: FnMut(&str)> Follower<F> {
 
     fn rewind(&mut self) {
         self.flush_partial();
+        self.flush_screen();
         self.pos = 0;
         if let Some(f) = &mut self.file {
             let _ = f.seek(SeekFrom::Start(0));
@@ -232,6 +264,7 @@ impl<F: FnMut(&str)> Follower<F> {
                     // Rotated: finish the old file, then take the new one.
                     self.read_available();
                     self.flush_partial();
+                    self.flush_screen();
                     self.file = None;
                 }
                 Some(m) if m.len() < self.pos => self.rewind(),
@@ -247,6 +280,12 @@ impl<F: FnMut(&str)> Follower<F> {
             .is_some_and(|t| t.elapsed() >= PARTIAL_AFTER)
         {
             self.flush_partial();
+        }
+        if self
+            .held_since
+            .is_some_and(|t| t.elapsed() >= PARTIAL_AFTER)
+        {
+            self.flush_screen();
         }
     }
 
@@ -300,11 +339,28 @@ impl<F: FnMut(&str)> Follower<F> {
     fn flush_partial(&mut self) {
         self.partial_since = None;
         let line = String::from_utf8_lossy(&self.partial);
-        let line = line.trim_end();
-        if !line.is_empty() {
-            (self.sink)(line);
+        match &mut self.screen {
+            Some(screen) => {
+                if let Some(done) = screen.line(&line) {
+                    (self.sink)(&done);
+                }
+                self.held_since = screen.holding().then(Instant::now);
+            }
+            None => {
+                let line = line.trim_end();
+                if !line.is_empty() {
+                    (self.sink)(line);
+                }
+            }
         }
         self.partial.clear();
+    }
+
+    fn flush_screen(&mut self) {
+        self.held_since = None;
+        if let Some(line) = self.screen.as_mut().and_then(Screen::flush) {
+            (self.sink)(&line);
+        }
     }
 }
 
@@ -428,5 +484,41 @@ mod tests {
         append(&path, "tail end");
         drop(t);
         assert_eq!(next(&rx), "tail end");
+    }
+
+    #[test]
+    fn a_serial_console_is_carried_as_the_screen_shows_it() {
+        let path = scratch("terminal");
+        let (tx, rx) = mpsc::channel();
+        let t = LogTail::spawn_terminal_with(path.clone(), Start::End, move |l| {
+            let _ = tx.send(l.to_string());
+        });
+        std::thread::sleep(POLL * 2);
+        // systemd 252's ephemeral status while a device is slow, then its
+        // final line (see termtext's tests), written as the guest would.
+        append(
+            &path,
+            "[\x1b[0;32m  OK  \x1b[0m] Started x.\n[\x1b[0;31m*     \x1b[0m] A start job is running for /dev/vda1 (1s / 1min 30s)\n",
+        );
+        assert_eq!(next(&rx), "[  OK  ] Started x.");
+        for s in 2..6 {
+            append(
+                &path,
+                &format!(
+                    "\x1bM\r\x1b[K[\x1b[0;1;31m*\x1b[0m\x1b[0;31m*    \x1b[0m] A start job is running for /dev/vda1 ({s}s / 1min 30s)\n"
+                ),
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        append(
+            &path,
+            "\x1bM\r\x1b[K[\x1b[0;32m  OK  \x1b[0m] Found device vda1.\n\x1b[Kdebian login: ",
+        );
+        // The held spinner lines were drawn over; the prompt (no newline)
+        // comes out after a while.
+        assert_eq!(next(&rx), "[  OK  ] Found device vda1.");
+        assert_eq!(next(&rx), "debian login:");
+        drop(t);
+        assert_eq!(rx.try_recv().ok(), None, "nothing else");
     }
 }

@@ -54,6 +54,16 @@ enum Command {
         #[arg(long, default_value = vmpod::health::client::DEFAULT_ADDR)]
         addr: String,
     },
+    /// Attach this terminal to the guest's serial console (through libvirt;
+    /// in a pod: `kubectl exec -it POD -- vmpod console`). Ctrl-] detaches.
+    Console {
+        /// The domain (default: the only one running).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Take the console from another session that holds it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run one relay on its own, with the same code as `run`, until SIGTERM
     /// or SIGINT: to measure it, or to use it without a VM.
     Relay {
@@ -201,6 +211,7 @@ fn main() -> ExitCode {
         Command::Render { file, what } => render(file, what),
         Command::Run { config } => run(config),
         Command::Status { addr } => status(&addr),
+        Command::Console { domain, force } => console(domain.as_deref(), force),
         Command::Relay { relay } => relay_standalone(relay),
         Command::Supervise { config } => supervise(config),
     }
@@ -319,6 +330,21 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "init failed");
             ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn console(domain: Option<&str>, force: bool) -> ExitCode {
+    use vmpod::serial_console::{Ended, attach};
+    match attach(vmpod::libvirt::conn::SYSTEM_URI, domain, force) {
+        Ok(Ended::Detached) => ExitCode::SUCCESS,
+        Ok(Ended::Closed) => {
+            eprintln!("the console closed (the guest stopped, or another session took it)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmpod console: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::addressing::{AddressingError, AddressingPlan};
 use crate::config::{
     EgressMode, Ingress, KeepaliveSetting, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig,
 };
+use crate::health::guest_probe::GuestProbePlan;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -112,6 +113,8 @@ pub struct Plan {
     /// endpoint's.
     pub listeners: Vec<Listener>,
     pub health_addr: SocketAddr,
+    /// The guest's readiness and liveness probes (`health.guest`).
+    pub guest_probes: GuestProbePlan,
     pub daemon_files: Vec<ConfigFile>,
 }
 
@@ -156,6 +159,7 @@ impl Plan {
             addressing,
             relays,
             health_addr,
+            guest_probes: GuestProbePlan::build(config),
             daemon_files: daemon_config::files(config),
         })
     }
@@ -240,6 +244,7 @@ impl Plan {
                 "drain_timeout_ms": self.relays.drain_timeout.as_millis() as u64,
                 "egress_deny": self.relays.egress.as_ref().map(|e| e.deny.iter().map(ToString::to_string).collect::<Vec<_>>()),
             },
+            "guest_probes": self.guest_probes.to_json(),
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -564,6 +569,8 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "\n## relays")?;
         writeln!(f, "{}", self.relays.summary())?;
+        writeln!(f, "\n## guest probes (from vmpod to the guest)")?;
+        write!(f, "{}", self.guest_probes)?;
         writeln!(f, "\n## nftables (nft -f -)")?;
         write!(f, "{}", self.firewall_script())?;
         writeln!(f, "\n## libvirt daemon configuration")?;

@@ -694,14 +694,63 @@ pub enum RestartPolicy {
 pub struct Health {
     #[serde(default = "defaults::health_port")]
     pub port: u16,
+    /// Probes of the guest's own service (KubeVirt's VMI probes).
+    #[serde(default)]
+    pub guest: GuestProbes,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Health {
             port: defaults::health_port(),
+            guest: GuestProbes::default(),
         }
     }
+}
+
+/// `health.guest`: readiness makes `/readyz` mean "the guest's service
+/// answers"; liveness restarts a guest that stopped answering.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestProbes {
+    #[serde(default)]
+    pub readiness: Option<GuestProbe>,
+    #[serde(default)]
+    pub liveness: Option<GuestProbe>,
+}
+
+/// One probe: exactly one of `tcp`, `http`, `agent`, and Kubernetes'
+/// timing fields with Kubernetes' defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestProbe {
+    /// Connect to this port of the guest.
+    #[serde(default)]
+    pub tcp: Option<u16>,
+    /// GET `path` on `port`; any status from 200 to 399 passes.
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    /// The qemu guest agent answers `guest-ping`.
+    #[serde(default)]
+    pub agent: Option<bool>,
+    #[serde(default = "defaults::probe_initial_delay")]
+    pub initial_delay: HumanDuration,
+    #[serde(default = "defaults::probe_period")]
+    pub period: HumanDuration,
+    #[serde(default = "defaults::probe_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "defaults::probe_failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "defaults::probe_success_threshold")]
+    pub success_threshold: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub port: u16,
+    #[serde(default = "defaults::probe_path")]
+    pub path: String,
 }
 
 /// What vmpod carries into its log besides its own events and the
@@ -864,5 +913,24 @@ mod defaults {
     }
     pub fn health_port() -> u16 {
         8181
+    }
+    // Kubernetes' probe defaults.
+    pub fn probe_initial_delay() -> HumanDuration {
+        HumanDuration(Duration::ZERO)
+    }
+    pub fn probe_period() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub fn probe_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(1))
+    }
+    pub fn probe_failure_threshold() -> u32 {
+        3
+    }
+    pub fn probe_success_threshold() -> u32 {
+        1
+    }
+    pub fn probe_path() -> String {
+        "/".to_string()
     }
 }

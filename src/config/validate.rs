@@ -70,10 +70,12 @@ pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Ve
     v.ports(config);
     v.consoles(config);
     v.lifecycle(config);
+    v.guest_probes(config);
     v.issues
 }
 
 mod addressing;
+mod probes;
 
 struct Validator {
     issues: Vec<Issue>,

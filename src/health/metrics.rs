@@ -17,9 +17,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use super::guest_probe::Verdict;
 use super::procfs::{self, ProcessStats};
 use super::readiness::{STATE_NAMES, state_name};
-use super::{Health, RelayHandle, ServiceHandles, lock};
+use super::{Health, ProbeRecord, RelayHandle, ServiceHandles, lock};
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
 use crate::ipv6::stats::{self as v6stats, Dhcpv6Stats, RaStats};
@@ -70,6 +71,8 @@ struct Snapshot {
     udp_egress: Option<Arc<UdpEgressStats>>,
     services: Option<ServiceHandles>,
     process: ProcessStats,
+    probes: Vec<ProbeRecord>,
+    liveness_failures: u64,
 }
 
 impl Snapshot {
@@ -97,6 +100,8 @@ impl Snapshot {
             udp_egress: lock(&h.udp_egress).clone(),
             services: lock(&h.services).clone(),
             process: procfs::process_stats(),
+            probes: lock(&h.guest_probes).values().cloned().collect(),
+            liveness_failures: h.liveness_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -177,6 +182,64 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The guest probes: results, time spent, verdict; and the restarts a
+    /// failing liveness probe caused.
+    fn probe_metrics(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let probe = |r: &ProbeRecord| ("probe", r.spec.kind.as_str().to_string());
+        family(
+            e,
+            "vmpod_guest_probe_results",
+            "Guest probe checks by probe (readiness, liveness) and result (pass, miss).",
+            MetricType::Counter,
+            self.probes.iter().flat_map(|r| {
+                [("pass", r.passes), ("miss", r.misses)].map(|(result, n)| {
+                    (
+                        vec![probe(r), ("result", result.to_string())],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "vmpod_guest_probe_seconds",
+            "Time spent in guest probe checks (divide by the results for the mean latency).",
+            MetricType::Counter,
+            self.probes
+                .iter()
+                .map(|r| (vec![probe(r)], ConstCounter::new(r.seconds_total))),
+        )?;
+        family(
+            e,
+            "vmpod_guest_probe_last_seconds",
+            "How long the last guest probe check took.",
+            MetricType::Gauge,
+            self.probes
+                .iter()
+                .map(|r| (vec![probe(r)], ConstGauge::new(r.last_seconds))),
+        )?;
+        family(
+            e,
+            "vmpod_guest_probe_passing",
+            "1 while the guest probe passes (its success threshold reached, not failed since).",
+            MetricType::Gauge,
+            self.probes.iter().map(|r| {
+                (
+                    vec![probe(r)],
+                    ConstGauge::new(i64::from(r.state.verdict == Verdict::Passing)),
+                )
+            }),
+        )?;
+        counter(
+            e,
+            "vmpod_guest_liveness_failures",
+            "Times the guest's liveness probe failed and the guest was destroyed for it.",
+            self.liveness_failures,
+        )
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
         let e = &mut enc;
@@ -232,6 +295,7 @@ impl Collector for Snapshot {
             "Times the guest was restarted after it stopped.",
             self.guest_restarts,
         )?;
+        self.probe_metrics(e)?;
         family(
             e,
             "vmpod_daemon_restarts",

@@ -11,6 +11,8 @@
 
 pub mod admission;
 pub mod client;
+pub mod guest_probe;
+pub mod guest_prober;
 pub mod metrics;
 mod probe;
 pub mod procfs;
@@ -35,6 +37,7 @@ use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
 use crate::relay::running::{ListenError, Relays};
 use crate::relay::stats::RelayStats;
+use guest_probe::{ProbeKind, ProbeSpec, ProbeState};
 use readiness::{Expectations, GuestAddress, KernelFacts, Phase, Reported};
 
 /// A running watch loop beats every 500 ms; a restart of the guest holds it
@@ -97,6 +100,21 @@ pub struct Health {
     drain_reset: AtomicU64,
     /// Wakes the prober early after a change the supervisor made.
     probe_now: Notify,
+    /// The guest probes' states and counters, by probe.
+    guest_probes: Mutex<BTreeMap<ProbeKind, ProbeRecord>>,
+    liveness_restarts: AtomicU64,
+}
+
+/// One guest probe as `/readyz` and `/metrics` show it.
+#[derive(Clone, Debug)]
+pub struct ProbeRecord {
+    pub spec: ProbeSpec,
+    pub state: ProbeState,
+    pub passes: u64,
+    pub misses: u64,
+    /// Time spent in checks, and in the last one.
+    pub seconds_total: f64,
+    pub last_seconds: f64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +171,7 @@ impl Health {
                 tap: None,
                 lease: None,
                 lease6: None,
+                probe: None,
             }),
             kernel: Mutex::new(None),
             relays: Mutex::new(Vec::new()),
@@ -166,7 +185,61 @@ impl Health {
             drained: AtomicU64::new(0),
             drain_reset: AtomicU64::new(0),
             probe_now: Notify::new(),
+            guest_probes: Mutex::new(
+                plan.guest_probes
+                    .iter()
+                    .map(|spec| {
+                        (
+                            spec.kind,
+                            ProbeRecord {
+                                spec: spec.clone(),
+                                state: ProbeState::default(),
+                                passes: 0,
+                                misses: 0,
+                                seconds_total: 0.0,
+                                last_seconds: 0.0,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            liveness_restarts: AtomicU64::new(0),
         })
+    }
+
+    // --- what the guest probers report ---
+
+    /// The guest (re)started: its probes start over, pending.
+    pub fn probes_restarted(&self) {
+        for r in lock(&self.guest_probes).values_mut() {
+            r.state = ProbeState::default();
+        }
+        self.probe_now.notify_one();
+    }
+
+    pub fn probe_result(&self, kind: ProbeKind, state: &ProbeState, passed: bool, took: Duration) {
+        if let Some(r) = lock(&self.guest_probes).get_mut(&kind) {
+            r.state = state.clone();
+            if passed {
+                r.passes += 1;
+            } else {
+                r.misses += 1;
+            }
+            r.last_seconds = took.as_secs_f64();
+            r.seconds_total += r.last_seconds;
+        }
+        self.probe_now.notify_one();
+    }
+
+    /// The liveness probe failed and the guest is restarted for it.
+    pub fn liveness_failed(&self) {
+        self.liveness_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn readiness_probe_failure(&self) -> Option<String> {
+        let probes = lock(&self.guest_probes);
+        let r = probes.get(&ProbeKind::Readiness)?;
+        r.state.failure(&r.spec)
     }
 
     // --- what the supervisor reports ---
@@ -322,6 +395,7 @@ impl Health {
         let mut reported = lock(&self.reported).clone();
         reported.lease = self.leased();
         reported.lease6 = self.leased6();
+        reported.probe = self.readiness_probe_failure();
         let kernel = lock(&self.kernel).clone();
         let failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
         if failures.is_empty() && self.ready_after.get().is_none() {

@@ -68,6 +68,9 @@ pub struct Reported {
     pub lease: Option<std::net::IpAddr>,
     /// The address vmpod's DHCPv6 server has leased to the guest, if any.
     pub lease6: Option<std::net::IpAddr>,
+    /// Why the guest's readiness probe (`health.guest.readiness`) does not
+    /// pass; None when it passes or there is none.
+    pub probe: Option<String>,
 }
 
 /// Every failing check as `check: what is wrong`, in a stable order.
@@ -87,10 +90,23 @@ pub fn failures(
         Some(state) => out.push(format!("guest: not running (state: {})", state_name(state))),
         None => out.push("guest: state not read from libvirt yet".to_string()),
     }
-    let Some(kernel) = kernel else {
-        out.push("kernel: not probed yet".to_string());
-        return out;
-    };
+    match kernel {
+        Some(kernel) => kernel_failures(expect, reported, kernel, &mut out),
+        None => out.push("kernel: not probed yet".to_string()),
+    }
+    // Last: the guest's own service answers only once all of the above holds.
+    if let Some(probe) = &reported.probe {
+        out.push(probe.clone());
+    }
+    out
+}
+
+fn kernel_failures(
+    expect: &Expectations,
+    reported: &Reported,
+    kernel: &KernelFacts,
+    out: &mut Vec<String>,
+) {
     match (&reported.tap, &kernel.bridge_ports) {
         (None, _) => out.push(format!(
             "tap: no guest tap attached to {} yet",
@@ -170,7 +186,6 @@ pub fn failures(
             )),
         }
     }
-    out
 }
 
 /// The guest state as a word for people and metric labels.
@@ -240,6 +255,7 @@ mod tests {
             tap: Some("vnet0".into()),
             lease: Some("10.0.1.2".parse().unwrap()),
             lease6: None,
+            probe: None,
         }
     }
 
@@ -259,6 +275,7 @@ mod tests {
             tap: None,
             lease: None,
             lease6: None,
+            probe: None,
         };
         let kernel = KernelFacts {
             bridge_ports: Err("bridge `virbr0` does not exist in this network namespace".into()),
@@ -373,6 +390,20 @@ mod tests {
             "firewall: cannot list table inet vmpod: cannot run nft"
         );
         assert_eq!(f.len(), 4, "{f:?}");
+    }
+
+    #[test]
+    fn a_guest_probe_that_does_not_pass_is_the_last_failure() {
+        let mut r = running();
+        r.probe = Some("probe readiness: http://10.0.1.2:9080/ has not answered yet".into());
+        assert_eq!(
+            failures(&expect(), &r, Some(&healthy_kernel())),
+            ["probe readiness: http://10.0.1.2:9080/ has not answered yet"]
+        );
+        r.guest = Some(GuestState::ShutOffFailed);
+        let f = failures(&expect(), &r, Some(&healthy_kernel()));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[1].starts_with("probe readiness:"), "{f:?}");
     }
 
     #[test]

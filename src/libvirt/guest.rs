@@ -149,6 +149,17 @@ impl Guest {
         .await
     }
 
+    /// Asks the qemu guest agent for `guest-ping`; fails when no agent
+    /// answers within `timeout` (whole seconds, at least one: libvirt's unit).
+    pub async fn agent_ping(&self, timeout: std::time::Duration) -> Result<(), LibvirtError> {
+        let seconds = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        self.with_domain(move |d| {
+            d.qemu_agent_command(r#"{"execute":"guest-ping"}"#, seconds, 0)
+                .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn destroy(&self) -> Result<(), LibvirtError> {
         self.with_domain(|d| d.destroy()).await
     }

@@ -23,11 +23,12 @@ use tokio::sync::mpsc;
 use crate::addressing::GuestServices;
 use crate::config::{RestartPolicy, VmConfig};
 use crate::consoles::Secret;
+use crate::health::guest_prober::{self, Checker, GuestChecker, GuestProbers};
 use crate::health::{self, Health};
 use crate::host::HostFacts;
 use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
 use crate::libvirt::daemon::{DaemonError, DaemonEvent, RestartLimit};
-use crate::libvirt::guest::Guest;
+use crate::libvirt::guest::{Guest, GuestState};
 use crate::logtail::{self, LogTail, Source, Start};
 use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
@@ -87,12 +88,24 @@ pub struct Lifecycle {
     pub shutdown_grace: Duration,
 }
 
-struct Supervisor<G, N, D> {
+/// A liveness probe's failure: the probers' generation it belongs to (a
+/// late report about a guest already restarted is ignored) and why.
+type Unhealthy = (u64, String);
+
+struct Supervisor<G, N, D, P> {
     plan: Plan,
     lifecycle: Lifecycle,
     guest: G,
     network: N,
     daemons: D,
+    /// How the guest probes reach the guest.
+    checker: P,
+    /// The guest probes of the guest now running; restarted with it.
+    probers: Option<GuestProbers>,
+    /// Counts the probers started, to match a liveness report to its guest.
+    probe_generation: u64,
+    /// Where the liveness prober reports; set by `run_to_end`.
+    unhealthy: Option<mpsc::Sender<Unhealthy>>,
     relays: Option<Relays>,
     /// The DHCP server and DNS forwarder.
     services: Option<GuestServices>,
@@ -134,6 +147,9 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         )
     });
     let libvirt = Libvirt::spawn(SYSTEM_URI)?;
+    let checker = GuestChecker {
+        guest: Arc::new(Guest::new(libvirt.clone(), &config.name)),
+    };
     let daemons = LibvirtDaemons {
         files: plan.daemon_files.clone(),
         sasl_users,
@@ -151,6 +167,10 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         guest: Guest::new(libvirt, &config.name),
         network,
         daemons,
+        checker,
+        probers: None,
+        probe_generation: 0,
+        unhealthy: None,
         lifecycle: Lifecycle {
             restart: config.lifecycle.restart,
             shutdown_grace: config.shutdown_grace(),
@@ -214,15 +234,17 @@ pub(crate) async fn step<T, E>(
     r
 }
 
-impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
+impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D, P> {
     /// Boots, watches until told to stop, and shuts down; the exit code.
     async fn run_to_end(
         mut self,
         control: mpsc::Receiver<Control>,
     ) -> Result<i32, SupervisorError> {
         let (events_tx, events) = mpsc::channel(16);
+        let (unhealthy_tx, unhealthy) = mpsc::channel(4);
+        self.unhealthy = Some(unhealthy_tx);
         let result = match self.boot(events_tx).await {
-            Ok(()) => self.watch(events, control).await,
+            Ok(()) => self.watch(events, control, unhealthy).await,
             Err(e) => {
                 tracing::error!(error = %e, "boot failed; undoing what was set up");
                 Err(e)
@@ -307,13 +329,70 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
         step(&self.health, "network setup", self.network.per_tap(&tap)).await?;
         self.tap = Some(tap);
         self.health.tap(self.tap.as_deref());
+        self.start_probes();
         Ok(())
+    }
+
+    /// (Re)starts the guest probes, so that their delays and counts run
+    /// from this start of the guest.
+    fn start_probes(&mut self) {
+        self.probers = None;
+        self.probe_generation += 1;
+        let Some(unhealthy) = &self.unhealthy else {
+            return;
+        };
+        if self.plan.guest_probes.iter().next().is_none() {
+            return;
+        }
+        let generation = self.probe_generation;
+        let (tx, mut rx) = mpsc::channel::<String>(1);
+        let unhealthy = unhealthy.clone();
+        // Tags the probers' reports with this generation.
+        let forward = tokio::spawn(async move {
+            if let Some(reason) = rx.recv().await {
+                let _ = unhealthy.send((generation, reason)).await;
+            }
+        });
+        let mut probers =
+            guest_prober::start(&self.plan.guest_probes, &self.checker, &self.health, &tx);
+        probers.also_stop(forward);
+        self.probers = Some(probers);
+    }
+
+    /// The liveness probe failed: the guest is destroyed, and started again
+    /// when the restart policy allows (as a guest that died would be).
+    async fn guest_unhealthy(&mut self, reason: &str) -> Result<Option<Stop>, SupervisorError> {
+        let decision = policy::unhealthy(self.lifecycle.restart);
+        tracing::warn!(%reason, policy = ?self.lifecycle.restart, "the guest's liveness probe failed: destroying the guest");
+        self.probers = None;
+        self.health.liveness_failed();
+        if let Err(e) = self.guest.destroy().await {
+            tracing::error!(error = %e, "cannot destroy the unresponsive guest; probing it again");
+            self.start_probes();
+            return Ok(None);
+        }
+        match decision {
+            Decision::Stop(stop) => {
+                self.health.guest_state(GuestState::ShutOffDestroyed);
+                Ok(Some(stop))
+            }
+            Decision::Restart { .. } | Decision::Keep => {
+                self.start_guest().await?;
+                self.health.guest_restarted();
+                tracing::info!(
+                    tap = self.tap.as_deref().unwrap_or(""),
+                    "guest restarted after its liveness probe failed"
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn watch(
         &mut self,
         mut daemon_events: mpsc::Receiver<DaemonEvent>,
         mut control: mpsc::Receiver<Control>,
+        mut unhealthy: mpsc::Receiver<Unhealthy>,
     ) -> Result<Stop, SupervisorError> {
         let mut guest_tick = tokio::time::interval(WATCH_INTERVAL);
         let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
@@ -340,6 +419,13 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
                 _ = guest_tick.tick() => {
                     self.health.beat();
                     if let Some(stop) = self.check_guest().await? {
+                        return Ok(stop);
+                    }
+                }
+                Some((generation, reason)) = unhealthy.recv() => {
+                    if generation == self.probe_generation
+                        && let Some(stop) = self.guest_unhealthy(&reason).await?
+                    {
                         return Ok(stop);
                     }
                 }
@@ -378,6 +464,8 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
             Decision::Restart { redefine } => redefine,
         };
         tracing::warn!(state = ?state, policy = ?self.lifecycle.restart, "guest stopped; restarting it");
+        // The probes of the dead guest stop before they can report it.
+        self.probers = None;
         if redefine {
             self.guest.define(&self.plan.domain_xml).await?;
         }
@@ -398,6 +486,8 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons> Supervisor<G, N, D> {
     async fn shutdown(&mut self, stop: Stop) {
         let t = Instant::now();
         self.health.stopping();
+        // A guest going away must not look unhealthy.
+        self.probers = None;
         // Listeners close first: no new connection is accepted for a guest
         // that is going away.
         if let Some(relays) = self.relays.take() {

@@ -59,6 +59,13 @@ pub fn decide(policy: RestartPolicy, state: GuestState) -> Decision {
     }
 }
 
+/// What a failed liveness probe leads to: the guest is destroyed, and then
+/// treated as a guest that was destroyed (restarted unless the policy is
+/// `never`, where the pod ends as failed).
+pub fn unhealthy(policy: RestartPolicy) -> Decision {
+    decide(policy, GuestState::ShutOffDestroyed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +103,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_restarts_unless_the_policy_is_never() {
+        let restart = Decision::Restart { redefine: false };
+        assert_eq!(unhealthy(Always), restart);
+        assert_eq!(unhealthy(OnFailure), restart);
+        assert_eq!(unhealthy(Never), Decision::Stop(Stop::GuestFailed));
     }
 
     #[test]

@@ -135,7 +135,10 @@ impl LibvirtDaemons {
                 source,
             })?;
         }
+        // /run/lock (/var/lock): libvirtd locks the guest's console pty
+        // there when `vmpod console` opens it; a container's fresh /run lacks it.
         for dir in [
+            "/run/lock",
             "/run/libvirt",
             "/var/lib/libvirt/qemu",
             "/var/log/libvirt/qemu",

@@ -34,6 +34,10 @@ struct World {
     /// Someone deleted vmpod's nft table.
     table_removed: bool,
     daemon_events: Option<mpsc::Sender<DaemonEvent>>,
+    /// The guest's service answers the probes.
+    answers: bool,
+    /// Probe checks made, by action.
+    checks: Vec<String>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -50,6 +54,8 @@ fn world() -> Shared {
         per_tap: false,
         table_removed: false,
         daemon_events: None,
+        answers: true,
+        checks: Vec::new(),
     }))
 }
 
@@ -68,6 +74,25 @@ fn network_fault() -> SetupError {
 struct FakeGuest(Shared);
 struct FakeNetwork(Shared);
 struct FakeDaemons(Shared);
+#[derive(Clone)]
+struct FakeChecker(Shared);
+
+impl Checker for FakeChecker {
+    async fn check(
+        &self,
+        action: &crate::health::guest_probe::ProbeAction,
+        _timeout: Duration,
+    ) -> Result<(), String> {
+        let mut w = self.0.lock().unwrap();
+        w.checks.push(action.to_string());
+        // A guest that is not running answers nothing.
+        if w.answers && w.guest == GuestState::Running {
+            Ok(())
+        } else {
+            Err("connection refused".into())
+        }
+    }
+}
 
 impl FakeGuest {
     fn record(&self, what: &str) -> std::sync::MutexGuard<'_, World> {
@@ -207,9 +232,16 @@ struct Run {
 /// A supervisor over fakes, running on its own task. Kernel egress and no
 /// ingress: the relays open no socket.
 fn start(world: Shared, restart: RestartPolicy) -> Run {
+    start_with(world, restart, "")
+}
+
+/// Like `start`, with `extra` YAML appended to the config.
+fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
     // No DHCP server or DNS forwarder either: they would bind real sockets.
-    let yaml = "name: fake\nboot:\n  kernel: /k\nnetwork:\n  dhcp: false\n  dns: [10.96.0.10]\n  egress:\n    mode: kernel\n";
-    let config = load("<test>", yaml, FileChecks::Warn).unwrap().config;
+    let yaml = format!(
+        "name: fake\nboot:\n  kernel: /k\nnetwork:\n  dhcp: false\n  dns: [10.96.0.10]\n  egress:\n    mode: kernel\n{extra}"
+    );
+    let config = load("<test>", &yaml, FileChecks::Warn).unwrap().config;
     let plan = Plan::build(&config, &HostFacts::fixed(), None).unwrap();
     let health = Health::new(&plan, Instant::now());
     let sup = Supervisor {
@@ -221,6 +253,10 @@ fn start(world: Shared, restart: RestartPolicy) -> Run {
         guest: FakeGuest(world.clone()),
         network: FakeNetwork(world.clone()),
         daemons: FakeDaemons(world.clone()),
+        checker: FakeChecker(world.clone()),
+        probers: None,
+        probe_generation: 0,
+        unhealthy: None,
         relays: None,
         services: None,
         tap: None,
@@ -501,4 +537,120 @@ async fn status_and_reload_requests_do_not_stop_the_pod() {
     assert!(!run.task.is_finished());
     let (result, _) = run.terminate().await;
     assert_eq!(result.unwrap(), 0);
+}
+
+const PROBES: &str = "health:\n  guest:\n    readiness: {http: {port: 9080, path: /ready}, period: 1s}\n    liveness: {tcp: 7, period: 2s, failure_threshold: 3, initial_delay: 10s}\n";
+
+fn probe_failures(run: &Run) -> Vec<String> {
+    run.health
+        .readiness()
+        .into_iter()
+        .filter(|f| f.starts_with("probe "))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readiness_probe_holds_readiness_until_the_guest_answers() {
+    let w = world();
+    w.lock().unwrap().answers = false;
+    let run = start_with(w, RestartPolicy::Always, PROBES);
+    pass(3).await;
+    let f = probe_failures(&run);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("probe readiness: http://10.0.1.2:9080/ready failed 3 time(s) in a row: connection refused"),
+        "{f:?}"
+    );
+    run.world.lock().unwrap().answers = true;
+    pass(1).await;
+    assert_eq!(probe_failures(&run), Vec::<String>::new());
+    let checks = run.world.lock().unwrap().checks.clone();
+    assert!(
+        checks.iter().all(|c| c == "http://10.0.1.2:9080/ready"),
+        "liveness waits 10 s: {checks:?}"
+    );
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(run_restarts(&log), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_liveness_probe_restarts_the_guest_after_its_threshold_and_not_before() {
+    let run = start_with(world(), RestartPolicy::Always, PROBES);
+    pass(12).await;
+    run.world.lock().unwrap().answers = false;
+    let stopped = tokio::time::Instant::now();
+    // Two misses (4 s) are within the threshold.
+    pass(3).await;
+    assert_eq!(run_restarts(&run.world.lock().unwrap().log), 0);
+    // The third miss, at most 2 s later, restarts the guest.
+    pass(3).await;
+    let log = run.world.lock().unwrap().log.clone();
+    assert_eq!(run_restarts(&log), 1, "{log:?}");
+    let i = log
+        .iter()
+        .position(|l| l == "guest.destroy")
+        .expect("destroyed");
+    assert_eq!(
+        log[i..i + 4],
+        strings(&[
+            "guest.destroy",
+            "guest.start",
+            "net.wait_tap",
+            "net.per_tap vnet1"
+        ])
+    );
+    let waited = stopped.elapsed();
+    assert!(waited >= Duration::from_secs(4), "{waited:?}");
+    // The restarted guest gets its initial delay again: still not answering,
+    // it is not restarted again within 10 s...
+    pass(9).await;
+    assert_eq!(run_restarts(&run.world.lock().unwrap().log), 1);
+    // ...and is once it answers.
+    run.world.lock().unwrap().answers = true;
+    pass(30).await;
+    let metrics = crate::health::metrics::encode(&run.health, false);
+    assert!(
+        metrics.contains("vmpod_guest_restarts_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vmpod_guest_liveness_failures_total 1"),
+        "{metrics}"
+    );
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(run_restarts(&log), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_liveness_probe_under_restart_never_ends_the_pod_as_failed() {
+    let run = start_with(world(), RestartPolicy::Never, PROBES);
+    pass(12).await;
+    run.world.lock().unwrap().answers = false;
+    let (result, log) = run.finish().await;
+    assert_eq!(result.unwrap(), EXIT_GUEST_FAILED);
+    assert_eq!(run_restarts(&log), 0);
+    assert_eq!(
+        log[BOOT.len()..],
+        strings(&[
+            "guest.destroy",
+            "net.teardown [per_tap,bridge]",
+            "daemons.stop"
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_that_dies_is_restarted_once_not_again_by_its_stale_liveness_probe() {
+    let run = start_with(world(), RestartPolicy::Always, PROBES);
+    pass(12).await;
+    // Dead: the watch loop restarts it within 500 ms, long before the
+    // liveness probe (2 s period) could count three misses.
+    run.set_guest(GuestState::ShutOffFailed);
+    pass(30).await;
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(run_restarts(&log), 1, "{log:?}");
+    assert!(!log.iter().any(|l| l == "guest.destroy"), "{log:?}");
 }

@@ -463,10 +463,7 @@ fn dual_stack_sends_the_guests_ipv6_through_every_path() {
     }
     // Without IPv6 none of it.
     let v4 = plan(&c).script();
-    assert!(
-        !v4.contains("ip6 saddr") && !v4.contains("547"),
-        "{v4}"
-    );
+    assert!(!v4.contains("ip6 saddr") && !v4.contains("547"), "{v4}");
 }
 
 const UDP_RELAY_RULE: &str = "iifname \"virbr0\" ip saddr 10.0.1.0/24 meta l4proto udp \
