@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::addressing::AddressingPlan;
 use crate::config::{EgressMode, Ingress, MacAddr, Protocol, ProxyProtocol, VmConfig};
 use crate::dhcp::DhcpConfigError;
+use crate::disks::{self, DiskPlan};
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
 use crate::libvirt::domain::{self, DomainError};
@@ -54,6 +55,8 @@ pub enum PlanError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Dhcp(#[from] DhcpConfigError),
+    #[error("cloud_init: {0}")]
+    Seed(#[from] crate::cloudinit::SeedError),
 }
 
 impl fmt::Display for ListenerKind {
@@ -93,6 +96,8 @@ pub struct Plan {
     pub guest_mac: MacAddr,
     pub egress_mode: EgressMode,
     pub domain_xml: String,
+    /// The disks: files qemu opens, overlays and the seed vmpod makes.
+    pub disks: DiskPlan,
     /// The bridge, sysctls, nft table and policy route.
     pub network: NetworkPlan,
     /// The guest's DHCP lease and DNS.
@@ -107,7 +112,9 @@ pub struct Plan {
 
 impl Plan {
     /// `display_password` is the console password at run time; `None` renders
-    /// it redacted, as `vmpod render` does.
+    /// it redacted, as `vmpod render` does. The one input read from files
+    /// here is `cloud_init`'s (the seed's contents, which render shows only
+    /// as sizes and hashes).
     pub fn build(
         config: &VmConfig,
         facts: &HostFacts,
@@ -119,12 +126,14 @@ impl Plan {
         let addressing = AddressingPlan::build(config, facts, mtu)?;
         let mut listeners = listeners(config, &relays, health_addr);
         listeners.extend(addressing_listeners(&addressing));
+        let disks = DiskPlan::build(config, disks::load_seed(config, &addressing, mtu)?);
         Ok(Plan {
             domain: config.name.clone(),
             guest_ip: config.network.guest_ip,
             guest_mac: domain::guest_mac(config),
             egress_mode: config.network.egress.mode,
-            domain_xml: domain::render(config, facts, display_password)?,
+            domain_xml: domain::render_with_disks(config, facts, &disks, display_password)?,
+            disks,
             network: NetworkPlan {
                 bridge: BridgeSpec {
                     name: config.network.bridge.clone(),
@@ -197,6 +206,7 @@ impl Plan {
                 })),
                 "guest_dns": self.addressing.guest_dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
             },
+            "disks": self.disks.to_json(),
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -425,6 +435,8 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "\n## guest addressing")?;
         write!(f, "{}", self.addressing)?;
+        writeln!(f, "\n## disks")?;
+        write!(f, "{}", self.disks)?;
         writeln!(f, "\n## listeners")?;
         for l in &self.listeners {
             writeln!(

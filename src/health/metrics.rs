@@ -22,6 +22,7 @@ use super::readiness::{STATE_NAMES, state_name};
 use super::{Health, RelayHandle, ServiceHandles, lock};
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
+use crate::libvirt::agent::GuestInfo;
 use crate::relay::stats::RelayStats;
 
 /// The content type of the Prometheus text format 0.0.4.
@@ -64,6 +65,7 @@ struct Snapshot {
     relays: Vec<RelayHandle>,
     services: Option<ServiceHandles>,
     process: ProcessStats,
+    agent: Option<GuestInfo>,
 }
 
 impl Snapshot {
@@ -88,6 +90,7 @@ impl Snapshot {
             relays: lock(&h.relays).clone(),
             services: lock(&h.services).clone(),
             process: procfs::process_stats(),
+            agent: lock(&h.agent).clone(),
         }
     }
 }
@@ -168,6 +171,52 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What the qemu guest agent reports, from the guest: its values are
+    /// bounded and stripped of control characters when parsed.
+    fn encode_agent(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        gauge(
+            e,
+            "vmpod_guest_agent_up",
+            "1 when the qemu guest agent answered the last poll.",
+            i64::from(self.agent.is_some()),
+        )?;
+        let Some(agent) = &self.agent else {
+            return Ok(());
+        };
+        family(
+            e,
+            "vmpod_guest_info",
+            "The guest's host name, OS and kernel as its guest agent reports them.",
+            MetricType::Gauge,
+            [(
+                vec![
+                    ("hostname", agent.hostname.clone()),
+                    ("os", agent.os.clone()),
+                    ("kernel", agent.kernel.clone()),
+                ],
+                ConstGauge::new(1i64),
+            )],
+        )?;
+        family(
+            e,
+            "vmpod_guest_address",
+            "An address of the guest's interfaces as its guest agent reports it.",
+            MetricType::Gauge,
+            agent.addresses.iter().map(|a| {
+                (
+                    vec![
+                        ("interface", a.interface.clone()),
+                        ("address", a.ip.to_string()),
+                        ("prefix", a.prefix.to_string()),
+                    ],
+                    ConstGauge::new(1i64),
+                )
+            }),
+        )
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
         let e = &mut enc;
@@ -191,6 +240,7 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
+        self.encode_agent(e)?;
         gauge(
             e,
             "vmpod_ready",

@@ -30,6 +30,7 @@ use crate::addressing::GuestServices;
 use crate::config::EgressMode;
 use crate::dhcp::{DhcpStats, Lease};
 use crate::dns::DnsStats;
+use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::guest::GuestState;
 use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
@@ -88,6 +89,8 @@ pub struct Health {
     route_reconciliations: AtomicU64,
     /// Wakes the prober early after a change the supervisor made.
     probe_now: Notify,
+    /// What the guest agent last reported; None while it does not answer.
+    agent: Mutex<Option<GuestInfo>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl Health {
             firewall_reconciliations: AtomicU64::new(0),
             route_reconciliations: AtomicU64::new(0),
             probe_now: Notify::new(),
+            agent: Mutex::new(None),
         })
     }
 
@@ -230,6 +234,11 @@ impl Health {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease.as_ref()?.borrow();
         lease.as_ref().map(|l| IpAddr::V4(l.ip))
+    }
+
+    /// The guest agent's report, or None when it stopped answering.
+    pub fn guest_agent(&self, info: Option<GuestInfo>) {
+        *lock(&self.agent) = info;
     }
 
     pub fn guest_restarted(&self) {

@@ -4,7 +4,20 @@
 use virt::domain::Domain;
 use virt::sys;
 
+use super::agent::{self, AgentAnswerError, GuestInfo};
 use super::conn::{Libvirt, LibvirtError};
+
+/// Seconds libvirt waits for each agent command: the agent answers these
+/// in milliseconds; the libvirt thread is shared with the state polls.
+const AGENT_TIMEOUT_S: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    #[error(transparent)]
+    Answer(#[from] AgentAnswerError),
+}
 
 /// A state query answers in milliseconds; longer means libvirtd is stuck,
 /// and the watch loop must go on (its heartbeat is the liveness probe).
@@ -147,6 +160,30 @@ impl Guest {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// The guest's host name, OS and addresses from its qemu guest agent.
+    /// Fails at once when no agent is connected (libvirt tracks the
+    /// channel), else within `AGENT_TIMEOUT` per command.
+    pub async fn agent_info(&self) -> Result<GuestInfo, AgentError> {
+        let name = self.name.clone();
+        let [host, os, ifaces] = self
+            .libvirt
+            .call(move |conn| {
+                let mut d = Domain::lookup_by_name(conn, &name)?;
+                let ask = |cmd| d.qemu_agent_command(cmd, AGENT_TIMEOUT_S, 0);
+                let r = (|| {
+                    Ok([
+                        ask(agent::HOST_NAME)?,
+                        ask(agent::OS_INFO)?,
+                        ask(agent::INTERFACES)?,
+                    ])
+                })();
+                let _ = d.free();
+                r
+            })
+            .await?;
+        Ok(agent::parse_info(&host, &os, &ifaces)?)
     }
 
     pub async fn destroy(&self) -> Result<(), LibvirtError> {
