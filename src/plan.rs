@@ -55,8 +55,6 @@ pub enum PlanError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Dhcp(#[from] DhcpConfigError),
-    #[error("cloud_init: {0}")]
-    Seed(#[from] crate::cloudinit::SeedError),
 }
 
 impl fmt::Display for ListenerKind {
@@ -126,7 +124,7 @@ impl Plan {
         let addressing = AddressingPlan::build(config, facts, mtu)?;
         let mut listeners = listeners(config, &relays, health_addr);
         listeners.extend(addressing_listeners(&addressing));
-        let disks = DiskPlan::build(config, disks::load_seed(config, &addressing, mtu)?);
+        let disks = DiskPlan::build_loaded(config, disks::load_seed(config, &addressing, mtu));
         Ok(Plan {
             domain: config.name.clone(),
             guest_ip: config.network.guest_ip,

@@ -62,6 +62,8 @@ pub enum DiskError {
     },
     #[error("cloud_init: {0}")]
     Seed(#[from] SeedError),
+    #[error("cloud_init: {0}")]
+    SeedUnreadable(String),
     #[error("cannot remove {path}: {source}")]
     Remove {
         path: PathBuf,
@@ -168,7 +170,11 @@ async fn prepare_into(plan: &DiskPlan, prepared: &mut PreparedDisks) -> Result<(
                 tracing::info!(field = %disk.field, file = %disk.file.display(), %size, "blank disk created");
             }
             Make::Seed => {
-                let Some(spec) = &plan.seed else { continue };
+                let Some(spec) = &plan.seed else {
+                    return Err(DiskError::SeedUnreadable(
+                        plan.seed_error.clone().unwrap_or_default(),
+                    ));
+                };
                 cloudinit::write_seed(spec, &disk.file)?;
                 prepared.made.push(disk.file.clone());
                 // Sizes and hashes only: the user-data may hold secrets.

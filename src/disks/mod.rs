@@ -87,6 +87,9 @@ pub struct DiskPlan {
     pub disks: Vec<PlannedDisk>,
     /// The seed's contents; its disk is the one with `Make::Seed`.
     pub seed: Option<SeedSpec>,
+    /// Why `cloud_init`'s files could not be read: `render` on a machine
+    /// without the pod's Secrets shows it; `run` fails with it.
+    pub seed_error: Option<String>,
 }
 
 /// The seed's file name in the state directory.
@@ -147,6 +150,15 @@ pub fn load_seed(
 impl DiskPlan {
     /// The disks of `config`, with the seed (from [`load_seed`]) last.
     pub fn build(config: &VmConfig, seed: Option<SeedSpec>) -> DiskPlan {
+        Self::build_loaded(config, Ok(seed))
+    }
+
+    /// As [`DiskPlan::build`], from what [`load_seed`] returned.
+    pub fn build_loaded(config: &VmConfig, seed: Result<Option<SeedSpec>, SeedError>) -> DiskPlan {
+        let (seed, seed_error) = match seed {
+            Ok(s) => (s, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let state_dir = config.state_dir();
         let mut names = DeviceNames::default();
         let mut disks: Vec<PlannedDisk> = config
@@ -189,7 +201,7 @@ impl DiskPlan {
                 }
             })
             .collect();
-        if seed.is_some() {
+        if seed.is_some() || seed_error.is_some() {
             // A cdrom on virtio-scsi: q35 has no IDE, and the Debian cloud
             // kernel has no AHCI (SATA) driver; virtio-scsi and sr_mod it has.
             disks.push(PlannedDisk {
@@ -207,6 +219,7 @@ impl DiskPlan {
             state_dir,
             disks,
             seed,
+            seed_error,
         }
     }
 
@@ -242,6 +255,7 @@ impl DiskPlan {
             })).collect::<Vec<_>>(),
             // What the seed holds, described without its contents.
             "seed": self.seed.as_ref().map(cloudinit::describe),
+            "seed_error": self.seed_error,
         })
     }
 }
@@ -304,6 +318,9 @@ impl fmt::Display for DiskPlan {
         }
         if let Some(seed) = &self.seed {
             write!(f, "{}", cloudinit::describe(seed))?;
+        }
+        if let Some(e) = &self.seed_error {
+            writeln!(f, "cloud-init seed: not readable here ({e}); `run` fails")?;
         }
         Ok(())
     }
