@@ -97,6 +97,8 @@ fn debian_cloud_guest_boots_from_an_overlay_runs_its_seed_and_answers_ssh() {
         ("mmdebstrap", "mmdebstrap"),
         ("sha256sum", "coreutils"),
     ]);
+    // The sandbox mounts the test guest's directory too.
+    support::guest::ensure_built();
     let image = build_image();
     let base = image.join("disk.qcow2");
     let base_sum = sha256(&base);
