@@ -17,6 +17,15 @@ pub enum AgentError {
     Libvirt(#[from] LibvirtError),
     #[error(transparent)]
     Answer(#[from] AgentAnswerError),
+    #[error("the guest agent's channel is not connected (no agent runs in the guest yet)")]
+    NotConnected,
+}
+
+/// Whether the live domain XML shows the agent's channel connected:
+/// `<target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>`.
+fn agent_connected(xml: &str) -> bool {
+    xml.lines()
+        .any(|l| l.contains(super::domain::GUEST_AGENT_CHANNEL) && l.contains("state='connected'"))
 }
 
 /// A state query answers in milliseconds; longer means libvirtd is stuck,
@@ -167,22 +176,35 @@ impl Guest {
     /// channel), else within `AGENT_TIMEOUT` per command.
     pub async fn agent_info(&self) -> Result<GuestInfo, AgentError> {
         let name = self.name.clone();
-        let [host, os, ifaces] = self
+        let Some([host, os, ifaces]) = self
             .libvirt
             .call(move |conn| {
                 let mut d = Domain::lookup_by_name(conn, &name)?;
+                // libvirt tracks the agent's channel: asking while it is not
+                // connected would make libvirtd log an error at every poll.
+                let connected = d
+                    .get_xml_desc(0)
+                    .map(|xml| agent_connected(&xml))
+                    .unwrap_or(false);
                 let ask = |cmd| d.qemu_agent_command(cmd, AGENT_TIMEOUT_S, 0);
-                let r = (|| {
-                    Ok([
-                        ask(agent::HOST_NAME)?,
-                        ask(agent::OS_INFO)?,
-                        ask(agent::INTERFACES)?,
-                    ])
-                })();
+                let r = if connected {
+                    (|| {
+                        Ok(Some([
+                            ask(agent::HOST_NAME)?,
+                            ask(agent::OS_INFO)?,
+                            ask(agent::INTERFACES)?,
+                        ]))
+                    })()
+                } else {
+                    Ok(None)
+                };
                 let _ = d.free();
                 r
             })
-            .await?;
+            .await?
+        else {
+            return Err(AgentError::NotConnected);
+        };
         Ok(agent::parse_info(&host, &os, &ifaces)?)
     }
 
