@@ -24,8 +24,10 @@ pub enum AgentError {
 /// Whether the live domain XML shows the agent's channel connected:
 /// `<target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>`.
 fn agent_connected(xml: &str) -> bool {
-    xml.lines()
-        .any(|l| l.contains(super::domain::GUEST_AGENT_CHANNEL) && l.contains("state='connected'"))
+    xml.lines().any(|l| {
+        l.contains(super::domain::GUEST_AGENT_CHANNEL)
+            && (l.contains("state='connected'") || l.contains("state=\"connected\""))
+    })
 }
 
 /// A state query answers in milliseconds; longer means libvirtd is stuck,
