@@ -6,6 +6,7 @@ pub mod cloudinit;
 pub mod config;
 pub mod consoles;
 pub mod dhcp;
+pub mod disks;
 pub mod dns;
 pub mod fdlimit;
 pub mod health;

@@ -14,6 +14,7 @@ use crate::addressing::{AddressingError, AddressingPlan};
 use crate::config::{
     EgressMode, Ingress, KeepaliveSetting, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig,
 };
+use crate::disks::{self, DiskPlan};
 use crate::health::guest_probe::GuestProbePlan;
 use crate::host::HostFacts;
 use crate::libvirt::daemon_config::{self, ConfigFile};
@@ -104,6 +105,8 @@ pub struct Plan {
     pub guest_mac: MacAddr,
     pub egress_mode: EgressMode,
     pub domain_xml: String,
+    /// The disks: files qemu opens, overlays and the seed vmpod makes.
+    pub disks: DiskPlan,
     /// The bridge, sysctls, nft table and policy route.
     pub network: NetworkPlan,
     /// The guest's DHCP lease and DNS.
@@ -120,7 +123,9 @@ pub struct Plan {
 
 impl Plan {
     /// `display_password` is the console password at run time; `None` renders
-    /// it redacted, as `vmpod render` does.
+    /// it redacted, as `vmpod render` does. The one input read from files
+    /// here is `cloud_init`'s (the seed's contents, which render shows only
+    /// as sizes and hashes).
     pub fn build(
         config: &VmConfig,
         facts: &HostFacts,
@@ -137,12 +142,14 @@ impl Plan {
         let relays = relays(config, ipv6.is_some());
         let mut listeners = listeners(config, &relays, health_addr);
         listeners.extend(addressing_listeners(&addressing));
+        let disks = DiskPlan::build_loaded(config, disks::load_seed(config, &addressing, mtu));
         Ok(Plan {
             domain: config.name.clone(),
             guest_ip: config.network.guest_ip,
             guest_mac: domain::guest_mac(config),
             egress_mode: config.network.egress.mode,
-            domain_xml: domain::render(config, facts, display_password)?,
+            domain_xml: domain::render_with_disks(config, facts, &disks, display_password)?,
+            disks,
             network: NetworkPlan {
                 bridge: BridgeSpec {
                     name: config.network.bridge.clone(),
@@ -245,6 +252,7 @@ impl Plan {
                 "egress_deny": self.relays.egress.as_ref().map(|e| e.deny.iter().map(ToString::to_string).collect::<Vec<_>>()),
             },
             "guest_probes": self.guest_probes.to_json(),
+            "disks": self.disks.to_json(),
             "nft_script": self.firewall_script(),
             "daemon_files": self.daemon_files.iter().map(|f| serde_json::json!({
                 "path": f.path,
@@ -556,6 +564,8 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "\n## guest addressing")?;
         write!(f, "{}", self.addressing)?;
+        writeln!(f, "\n## disks")?;
+        write!(f, "{}", self.disks)?;
         writeln!(f, "\n## listeners")?;
         for l in &self.listeners {
             writeln!(

@@ -216,11 +216,23 @@ pub fn qemu_files(config: &VmConfig) -> Vec<QemuFile> {
         }
     }
     for (i, disk) in config.disks.iter().enumerate() {
+        // A blank disk is made in state_dir at start: nothing to check yet.
+        let Some(path) = &disk.path else { continue };
+        // Under an overlay the image is only read (qemu opens backing files
+        // read-only); the overlay is written.
+        let overlaid = disk.overlay.is_some();
         files.push(QemuFile {
             field: format!("disks[{i}].path"),
-            path: disk.path.clone(),
-            needs_write: !disk.readonly,
+            path: path.clone(),
+            needs_write: !(disk.readonly || disk.cdrom || overlaid),
         });
+        if let Some(overlay) = disk.overlay_path.as_ref().filter(|p| p.exists()) {
+            files.push(QemuFile {
+                field: format!("disks[{i}].overlay_path"),
+                path: overlay.clone(),
+                needs_write: true,
+            });
+        }
     }
     files
 }

@@ -345,6 +345,7 @@ struct VolumeMount {
     name: String,
     mount_path: String,
     sub_path: Option<String>,
+    read_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -526,16 +527,39 @@ fn probes_and_ports_match_the_vms_config() {
             .any(|c| c.metadata.name == "disks"),
         "the disk is a PersistentVolumeClaim (why this is a StatefulSet)"
     );
-    for disk in &config.disks {
-        let on_claim = container
+    // What the guest writes lives on the claim (a persistent overlay, or a
+    // disk without overlay) or in vmpod's state directory (an ephemeral
+    // overlay); an image under an overlay is mounted read-only.
+    let mount_of = |path: &std::path::Path| {
+        container
             .volume_mounts
             .iter()
-            .any(|m| m.name == "disks" && disk.path.starts_with(&m.mount_path));
-        assert!(
-            on_claim,
-            "{} is not on the disks claim",
-            disk.path.display()
-        );
+            .filter(|m| path.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+    };
+    for (i, disk) in config.disks.iter().enumerate() {
+        let written = match (&disk.overlay, &disk.overlay_path, &disk.path) {
+            (Some(_), Some(overlay), _) => Some(overlay),
+            (None, _, Some(path)) if !disk.readonly && !disk.cdrom => Some(path),
+            _ => None,
+        };
+        if let Some(written) = written {
+            assert!(
+                mount_of(written).is_some_and(|m| m.name == "disks"),
+                "disks[{i}]: {} is not on the disks claim",
+                written.display()
+            );
+        }
+        if let (Some(_), Some(base)) = (&disk.overlay, &disk.path) {
+            let m = mount_of(base).unwrap_or_else(|| {
+                panic!("disks[{i}]: the image {} is on no volume", base.display())
+            });
+            assert!(
+                m.read_only == Some(true),
+                "disks[{i}]: the image under the overlay is on volume {}, which is not mounted read-only",
+                m.name
+            );
+        }
     }
 }
 

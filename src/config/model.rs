@@ -38,6 +38,13 @@ pub struct VmConfig {
     pub health: Health,
     #[serde(default)]
     pub logging: Logging,
+    /// A cloud-init NoCloud seed vmpod writes and attaches as a cdrom.
+    #[serde(default)]
+    pub cloud_init: Option<CloudInit>,
+    /// Where vmpod keeps the files it makes for a run: ephemeral overlays,
+    /// blank disks, the cloud-init seed. Default /var/lib/libvirt/vmpod.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -62,16 +69,100 @@ pub struct Boot {
     pub cmdline: String,
 }
 
+/// One disk: an image at `path` (opened as it is, or under a qcow2
+/// overlay), a blank disk (`empty`), or an ISO (`cdrom`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
-    pub path: PathBuf,
+    /// The image. Required except for `empty` disks.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The format of `path`.
     #[serde(default)]
     pub format: DiskFormat,
+    /// Default: virtio for disks, scsi for cdroms.
     #[serde(default)]
-    pub bus: DiskBus,
+    pub bus: Option<DiskBus>,
     #[serde(default)]
     pub readonly: bool,
+    /// Writes go to a qcow2 overlay backed by `path`, which is opened
+    /// read-only: `ephemeral` (made at every start in `state_dir`, removed
+    /// at stop) or `persistent` (at `overlay_path`, kept).
+    #[serde(default)]
+    pub overlay: Option<OverlayKind>,
+    #[serde(default)]
+    pub overlay_path: Option<PathBuf>,
+    /// The overlay's virtual size, when larger than the image's.
+    #[serde(default)]
+    pub size: Option<ByteSize>,
+    /// A blank qcow2 data disk of this size, made at every start (KubeVirt's
+    /// emptyDisk).
+    #[serde(default)]
+    pub empty: Option<ByteSize>,
+    /// `path` is an ISO image, attached as a read-only cdrom.
+    #[serde(default)]
+    pub cdrom: bool,
+}
+
+impl Disk {
+    pub fn bus(&self) -> DiskBus {
+        self.bus.unwrap_or(if self.cdrom {
+            DiskBus::Scsi
+        } else {
+            DiskBus::Virtio
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayKind {
+    Ephemeral,
+    Persistent,
+}
+
+/// `cloud_init`: KubeVirt's cloudInitNoCloud, from files (mounted Secrets).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInit {
+    pub user_data_file: PathBuf,
+    /// Default: instance-id from the domain name and the seed's contents,
+    /// local-hostname from the name.
+    #[serde(default)]
+    pub meta_data_file: Option<PathBuf>,
+    /// authorized_keys files, merged into the user-data for the default user.
+    #[serde(default)]
+    pub ssh_authorized_keys_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub network_config: NetworkConfigSource,
+}
+
+/// `cloud_init.network_config`: `dhcp` (default), `static`, `none` or the
+/// absolute path of a network-config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetworkConfigSource {
+    #[default]
+    Dhcp,
+    Static,
+    None,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for NetworkConfigSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        Ok(match word.as_str() {
+            "dhcp" => NetworkConfigSource::Dhcp,
+            "static" => NetworkConfigSource::Static,
+            "none" => NetworkConfigSource::None,
+            path if path.starts_with('/') => NetworkConfigSource::File(PathBuf::from(path)),
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "`{other}`: expected dhcp, static, none or the absolute path of a network-config file"
+                )));
+            }
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -765,7 +856,17 @@ pub struct Logging {
     pub serial: bool,
 }
 
+/// `state_dir`'s default: inside libvirt's own state, which the container
+/// (and the test sandbox) keeps per pod.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/libvirt/vmpod";
+
 impl VmConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         self.lifecycle.shutdown_grace.0
     }

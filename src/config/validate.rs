@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::model::{
-    DiskBus, DisplayKind, Egress, EgressMode, IngressMode, Protocol, UdpEgress, VmConfig,
-};
+use super::model::{DisplayKind, Egress, EgressMode, IngressMode, Protocol, UdpEgress, VmConfig};
 use crate::consoles;
 use crate::host::HostLimits;
 
@@ -75,6 +73,7 @@ pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Ve
 }
 
 mod addressing;
+mod disks;
 mod probes;
 
 struct Validator {
@@ -224,16 +223,28 @@ impl Validator {
             }
         }
         for (i, disk) in c.disks.iter().enumerate() {
-            self.file_exists(format!("disks[{i}].path"), &disk.path, "disk image");
-            if disk.readonly && disk.bus == DiskBus::Sata {
-                self.error(
-                    format!("disks[{i}].readonly"),
-                    "libvirt does not support read-only SATA disks: use bus virtio or scsi",
-                );
-            }
+            self.disk(i, disk);
         }
+        if let Some(dir) = &c.state_dir {
+            self.absolute("state_dir", dir, "the state directory");
+        }
+        self.cloud_init(c);
     }
 
+    /// An absolute path without control characters.
+    fn absolute(&mut self, field: &str, path: &Path, what: &str) -> bool {
+        if !self.path_text(field, path) {
+            return false;
+        }
+        if !path.is_absolute() {
+            self.error(
+                field,
+                format!("{what} `{}` must be an absolute path", path.display()),
+            );
+            return false;
+        }
+        true
+    }
     fn network(&mut self, c: &VmConfig) {
         let net = &c.network;
         // network.bridge and network.mac are checked as they are read (IfName, MacAddr).

@@ -156,6 +156,36 @@ pub fn summarize(ready: bool, readyz_body: &str, metrics: &str) -> Summary {
     if !daemons.is_empty() {
         text.push_str(&format!("  daemon restarts: {}\n", daemons.join(", ")));
     }
+    if value("vmpod_guest_agent_up") == Some(1.0) {
+        let info = samples.iter().find(|(n, _, _)| n == "vmpod_guest_info");
+        let field = |key| {
+            info.and_then(|(_, l, _)| label(l, key))
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "?".into())
+        };
+        text.push_str(&format!(
+            "  guest agent:     host {}, {}\n",
+            field("hostname"),
+            field("os")
+        ));
+        let addresses: Vec<String> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "vmpod_guest_address")
+            .filter_map(|(_, l, _)| {
+                Some(format!(
+                    "{} {}/{}",
+                    label(l, "interface")?,
+                    label(l, "address")?,
+                    label(l, "prefix")?
+                ))
+            })
+            .collect();
+        if !addresses.is_empty() {
+            text.push_str(&format!("  guest addresses: {}\n", addresses.join(", ")));
+        }
+    } else if value("vmpod_guest_agent_up") == Some(0.0) {
+        text.push_str("  guest agent:     not answering\n");
+    }
     if !ready {
         text.push_str("failing checks:\n");
         let checks: Vec<&str> = readyz_body
@@ -210,6 +240,16 @@ mod tests {
             s.text
         );
         assert!(s.text.contains("  start to ready:  12.3s\n"), "{}", s.text);
+        let with_agent = format!(
+            "{metrics}vmpod_guest_agent_up 1\nvmpod_guest_info{{hostname=\"web\",os=\"Debian GNU/Linux 12 (bookworm)\",kernel=\"6.1\"}} 1\n\
+             vmpod_guest_address{{interface=\"eth0\",address=\"10.0.1.2\",prefix=\"24\"}} 1\n"
+        );
+        let s = summarize(true, "ready\n", &with_agent);
+        assert!(
+            s.text.contains("  guest agent:     host web, Debian GNU/Linux 12 (bookworm)\n  guest addresses: eth0 10.0.1.2/24\n"),
+            "{}",
+            s.text
+        );
         assert!(!s.text.contains("failing"), "{}", s.text);
     }
 

@@ -24,6 +24,7 @@ use super::{Health, ProbeRecord, RelayHandle, ServiceHandles, lock};
 use crate::dhcp::DhcpStats;
 use crate::dns::DnsStats;
 use crate::ipv6::stats::{self as v6stats, Dhcpv6Stats, RaStats};
+use crate::libvirt::agent::GuestInfo;
 use crate::relay::stats::RelayStats;
 use crate::relay::udp_egress::{DropReason, UdpEgressStats};
 use std::sync::Arc;
@@ -73,6 +74,7 @@ struct Snapshot {
     process: ProcessStats,
     probes: Vec<ProbeRecord>,
     liveness_failures: u64,
+    agent: Option<GuestInfo>,
 }
 
 impl Snapshot {
@@ -102,6 +104,7 @@ impl Snapshot {
             process: procfs::process_stats(),
             probes: lock(&h.guest_probes).values().cloned().collect(),
             liveness_failures: h.liveness_restarts.load(Ordering::Relaxed),
+            agent: lock(&h.agent).clone(),
         }
     }
 }
@@ -238,6 +241,50 @@ impl Snapshot {
             self.liveness_failures,
         )
     }
+
+    /// What the qemu guest agent reports, from the guest: its values are
+    /// bounded and stripped of control characters when parsed.
+    fn encode_agent(&self, e: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        gauge(
+            e,
+            "vmpod_guest_agent_up",
+            "1 when the qemu guest agent answered the last poll.",
+            i64::from(self.agent.is_some()),
+        )?;
+        let Some(agent) = &self.agent else {
+            return Ok(());
+        };
+        family(
+            e,
+            "vmpod_guest_info",
+            "The guest's host name, OS and kernel as its guest agent reports them.",
+            MetricType::Gauge,
+            [(
+                vec![
+                    ("hostname", agent.hostname.clone()),
+                    ("os", agent.os.clone()),
+                    ("kernel", agent.kernel.clone()),
+                ],
+                ConstGauge::new(1i64),
+            )],
+        )?;
+        family(
+            e,
+            "vmpod_guest_address",
+            "An address of the guest's interfaces as its guest agent reports it.",
+            MetricType::Gauge,
+            agent.addresses.iter().map(|a| {
+                (
+                    vec![
+                        ("interface", a.interface.clone()),
+                        ("address", a.ip.to_string()),
+                        ("prefix", a.prefix.to_string()),
+                    ],
+                    ConstGauge::new(1i64),
+                )
+            }),
+        )
+    }
 }
 
 impl Collector for Snapshot {
@@ -263,6 +310,7 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
+        self.encode_agent(e)?;
         gauge(
             e,
             "vmpod_ready",

@@ -32,6 +32,7 @@ use crate::addressing::GuestServices;
 use crate::config::EgressMode;
 use crate::dhcp::{DhcpStats, Lease};
 use crate::dns::DnsStats;
+use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::guest::GuestState;
 use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
@@ -103,6 +104,8 @@ pub struct Health {
     /// The guest probes' states and counters, by probe.
     guest_probes: Mutex<BTreeMap<ProbeKind, ProbeRecord>>,
     liveness_restarts: AtomicU64,
+    /// What the guest agent last reported; None while it does not answer.
+    agent: Mutex<Option<GuestInfo>>,
 }
 
 /// One guest probe as `/readyz` and `/metrics` show it.
@@ -204,6 +207,7 @@ impl Health {
                     .collect(),
             ),
             liveness_restarts: AtomicU64::new(0),
+            agent: Mutex::new(None),
         })
     }
 
@@ -328,6 +332,11 @@ impl Health {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease6.as_ref()?.borrow();
         lease.as_ref().map(|l| IpAddr::V6(l.address))
+    }
+
+    /// The guest agent's report, or None when it stopped answering.
+    pub fn guest_agent(&self, info: Option<GuestInfo>) {
+        *lock(&self.agent) = info;
     }
 
     pub fn guest_restarted(&self) {

@@ -4,7 +4,31 @@
 use virt::domain::Domain;
 use virt::sys;
 
+use super::agent::{self, AgentAnswerError, GuestInfo};
 use super::conn::{Libvirt, LibvirtError};
+
+/// Seconds libvirt waits for each agent command: the agent answers these
+/// in milliseconds; the libvirt thread is shared with the state polls.
+const AGENT_TIMEOUT_S: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    #[error(transparent)]
+    Answer(#[from] AgentAnswerError),
+    #[error("the guest agent's channel is not connected (no agent runs in the guest yet)")]
+    NotConnected,
+}
+
+/// Whether the live domain XML shows the agent's channel connected:
+/// `<target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>`.
+fn agent_connected(xml: &str) -> bool {
+    xml.lines().any(|l| {
+        l.contains(super::domain::GUEST_AGENT_CHANNEL)
+            && (l.contains("state='connected'") || l.contains("state=\"connected\""))
+    })
+}
 
 /// A state query answers in milliseconds; longer means libvirtd is stuck,
 /// and the watch loop must go on (its heartbeat is the liveness probe).
@@ -158,6 +182,43 @@ impl Guest {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// The guest's host name, OS and addresses from its qemu guest agent.
+    /// Fails at once when no agent is connected (libvirt tracks the
+    /// channel), else within `AGENT_TIMEOUT` per command.
+    pub async fn agent_info(&self) -> Result<GuestInfo, AgentError> {
+        let name = self.name.clone();
+        let Some([host, os, ifaces]) = self
+            .libvirt
+            .call(move |conn| {
+                let mut d = Domain::lookup_by_name(conn, &name)?;
+                // libvirt tracks the agent's channel: asking while it is not
+                // connected would make libvirtd log an error at every poll.
+                let connected = d
+                    .get_xml_desc(0)
+                    .map(|xml| agent_connected(&xml))
+                    .unwrap_or(false);
+                let ask = |cmd| d.qemu_agent_command(cmd, AGENT_TIMEOUT_S, 0);
+                let r = if connected {
+                    (|| {
+                        Ok(Some([
+                            ask(agent::HOST_NAME)?,
+                            ask(agent::OS_INFO)?,
+                            ask(agent::INTERFACES)?,
+                        ]))
+                    })()
+                } else {
+                    Ok(None)
+                };
+                let _ = d.free();
+                r
+            })
+            .await?
+        else {
+            return Err(AgentError::NotConnected);
+        };
+        Ok(agent::parse_info(&host, &os, &ifaces)?)
     }
 
     pub async fn destroy(&self) -> Result<(), LibvirtError> {

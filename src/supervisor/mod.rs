@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::addressing::GuestServices;
 use crate::config::{RestartPolicy, VmConfig};
 use crate::consoles::Secret;
+use crate::disks::PreparedDisks;
 use crate::health::guest_prober::{self, Checker, GuestChecker, GuestProbers};
 use crate::health::{self, Health};
 use crate::host::HostFacts;
@@ -42,6 +43,9 @@ const TAP_TIMEOUT: Duration = Duration::from_secs(60);
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// How often the guest agent is asked for the guest's addresses, host name
+/// and OS; a guest without an agent costs one refused call per period.
+const AGENT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -68,6 +72,8 @@ pub enum SupervisorError {
     Signals(std::io::Error),
     #[error(transparent)]
     Console(#[from] crate::consoles::ConsoleError),
+    #[error(transparent)]
+    Disks(#[from] crate::disks::DiskError),
 }
 
 /// What the outside world asks of the supervisor (signals, in `run`).
@@ -115,6 +121,8 @@ struct Supervisor<G, N, D, P> {
     health: Arc<Health>,
     /// The guest's serial console carried into the log (`logging.serial`).
     serial_log: Option<LogTail>,
+    /// The overlays, blank disks and seed made for this run.
+    disks: Option<PreparedDisks>,
 }
 
 /// Runs the VM until it is told to stop; returns the process exit code.
@@ -131,6 +139,9 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
     preflight::ports(&plan.listeners)?;
     preflight::sysctls(&plan.network)?;
     preflight::qemu_access(&config)?;
+    // Before anything starts: a base image qemu-img cannot read is an
+    // error here, with nothing to undo.
+    let prepared = crate::disks::prepare(&plan.disks).await?;
     // The endpoint answers from the start: alive, and not ready while booting.
     let health = Health::new(&plan, started);
     let _health_service = health::start(&plan, health.clone())?;
@@ -182,6 +193,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         started,
         health,
         serial_log,
+        disks: Some(prepared),
     };
     sup.run_to_end(control).await
 }
@@ -396,6 +408,8 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
     ) -> Result<Stop, SupervisorError> {
         let mut guest_tick = tokio::time::interval(WATCH_INTERVAL);
         let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
+        let mut agent_tick = tokio::time::interval(AGENT_INTERVAL);
+        let mut agent_up = false;
         loop {
             tokio::select! {
                 Some(request) = control.recv() => match request {
@@ -430,6 +444,7 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
                     }
                 }
                 _ = reconcile_tick.tick() => self.reconcile().await,
+                _ = agent_tick.tick() => agent_up = self.ask_agent(agent_up).await,
             }
         }
     }
@@ -475,6 +490,34 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
         Ok(None)
     }
 
+    /// Reads the guest's report from its agent into the health endpoint;
+    /// logs when the agent starts or stops answering. Whether it answered.
+    async fn ask_agent(&self, was_up: bool) -> bool {
+        match self.guest.agent_info().await {
+            Ok(info) => {
+                if !was_up {
+                    let addresses: Vec<String> = info
+                        .addresses
+                        .iter()
+                        .map(|a| format!("{} {}/{}", a.interface, a.ip, a.prefix))
+                        .collect();
+                    tracing::info!(hostname = %info.hostname, os = %info.os, addresses = ?addresses, "the guest agent answers");
+                }
+                self.health.guest_agent(Some(info));
+                true
+            }
+            Err(e) => {
+                if was_up {
+                    tracing::info!(error = %e, "the guest agent stopped answering");
+                } else {
+                    tracing::debug!(error = %e, "no answer from the guest agent");
+                }
+                self.health.guest_agent(None);
+                false
+            }
+        }
+    }
+
     /// Restores kernel state vmpod owns when someone removed it.
     async fn reconcile(&mut self) {
         let restored = self.network.reconcile().await;
@@ -502,6 +545,12 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
         }
         if let Some(services) = self.services.take() {
             services.stop().await;
+        }
+        // The guest is off (or destroyed): its ephemeral disks can go.
+        if let Some(mut disks) = self.disks.take() {
+            for e in disks.remove() {
+                tracing::error!(error = %e, "teardown step failed");
+            }
         }
         let errors = self.network.teardown().await;
         self.daemons.stop_all().await;

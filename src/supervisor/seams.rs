@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use super::{SupervisorError, step};
 use crate::consoles::{self, SaslUser};
 use crate::health::Health;
+use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::conn::{Libvirt, LibvirtError};
 use crate::libvirt::daemon::{Daemon, DaemonEvent, DaemonSpec, RestartLimit};
 use crate::libvirt::daemon_config::{self, ConfigFile};
-use crate::libvirt::guest::{Defined, Guest, GuestState};
+use crate::libvirt::guest::{AgentError, Defined, Guest, GuestState};
 use crate::net::setup::{NetworkSetup, Restored, SetupError, TeardownErrors};
 
 const LIBVIRT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +33,8 @@ pub(crate) trait GuestControl: Send + Sync {
     /// A power-off through the qemu guest agent.
     fn agent_shutdown(&self) -> impl Future<Output = Result<(), LibvirtError>> + Send;
     fn destroy(&self) -> impl Future<Output = Result<(), LibvirtError>> + Send;
+    /// What the qemu guest agent reports (host name, OS, addresses).
+    fn agent_info(&self) -> impl Future<Output = Result<GuestInfo, AgentError>> + Send;
 }
 
 /// The pod network around the guest. `teardown` removes exactly what the
@@ -81,6 +84,9 @@ impl GuestControl for Guest {
     }
     async fn destroy(&self) -> Result<(), LibvirtError> {
         Guest::destroy(self).await
+    }
+    async fn agent_info(&self) -> Result<GuestInfo, AgentError> {
+        Guest::agent_info(self).await
     }
 }
 

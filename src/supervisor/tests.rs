@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use super::seams::{Daemons, GuestControl, PodNetwork};
 use super::*;
 use crate::config::{FileChecks, load};
+use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::daemon::DaemonEvent;
-use crate::libvirt::guest::{Defined, GuestState};
+use crate::libvirt::guest::{AgentError, Defined, GuestState};
 use crate::net::nft::NftError;
 use crate::net::setup::{Restored, TeardownErrors};
 
@@ -141,6 +142,11 @@ impl GuestControl for FakeGuest {
         w.guest = GuestState::ShutOffDestroyed;
         Ok(())
     }
+    // Not logged: the watch loop asks periodically, and the logs these tests
+    // compare are the boot and shutdown order.
+    async fn agent_info(&self) -> Result<GuestInfo, AgentError> {
+        Err(AgentError::Libvirt(libvirt_fault()))
+    }
 }
 
 impl PodNetwork for FakeNetwork {
@@ -263,6 +269,7 @@ fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
         started: Instant::now(),
         health: health.clone(),
         serial_log: None,
+        disks: None,
     };
     let (control, rx) = mpsc::channel(4);
     Run {

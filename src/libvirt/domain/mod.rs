@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Boot, Disk, DiskBus, DisplayKind, MacAddr, VmConfig};
+use crate::config::{Boot, DisplayKind, MacAddr, VmConfig};
+use crate::disks::{DiskPlan, PlannedDisk};
 use crate::host::{HostFacts, ResolvedAccel};
 
 mod xml;
@@ -53,22 +54,34 @@ pub fn render(
     facts: &HostFacts,
     display_password: Option<&str>,
 ) -> Result<String, DomainError> {
+    render_with_disks(
+        config,
+        facts,
+        &DiskPlan::build(config, None),
+        display_password,
+    )
+}
+
+/// The domain XML with the disks of `disks` (files, overlays, the seed):
+/// what [`crate::plan::Plan`] renders.
+pub fn render_with_disks(
+    config: &VmConfig,
+    facts: &HostFacts,
+    disks: &DiskPlan,
+    display_password: Option<&str>,
+) -> Result<String, DomainError> {
     let accel = facts.accel(config);
     let mac = guest_mac(config).to_string();
     let serial_log = serial_log_path(config);
     let serial_log = utf8("serial log", &serial_log)?.to_string();
 
-    let disks = config
+    let disk_xml = disks
         .disks
         .iter()
-        .zip(device_names(&config.disks))
-        .enumerate()
-        .map(|(i, (disk, dev))| disk_xml(i, disk, dev))
+        .map(disk_xml)
         .collect::<Result<Vec<_>, _>>()?;
-    let controller = config
-        .disks
-        .iter()
-        .any(|d| d.bus == DiskBus::Scsi)
+    let controller = disks
+        .needs_scsi()
         .then_some(Controller {
             kind: "scsi",
             model: "virtio-scsi",
@@ -125,7 +138,7 @@ pub fn render(
         on_reboot: "restart",
         on_crash: "destroy",
         devices: Devices {
-            disk: disks,
+            disk: disk_xml,
             controller,
             interface: Interface {
                 kind: "bridge",
@@ -225,36 +238,6 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Guest device names in config order: `vda, vdb, ...` for virtio, and
-/// `sda, sdb, ...` shared by sata and scsi (both use the `sd` prefix).
-fn device_names(disks: &[Disk]) -> Vec<String> {
-    let mut vd = 0;
-    let mut sd = 0;
-    disks
-        .iter()
-        .map(|disk| {
-            let prefix = disk.bus.device_prefix();
-            let counter = if prefix == "vd" { &mut vd } else { &mut sd };
-            let name = format!("{prefix}{}", drive_suffix(*counter));
-            *counter += 1;
-            name
-        })
-        .collect()
-}
-
-/// 0 → a, 25 → z, 26 → aa, 27 → ab: the kernel's and libvirt's scheme.
-fn drive_suffix(mut index: usize) -> String {
-    let mut letters = Vec::new();
-    loop {
-        letters.push(b'a' + (index % 26) as u8);
-        if index < 26 {
-            break;
-        }
-        index = index / 26 - 1;
-    }
-    letters.iter().rev().map(|&b| char::from(b)).collect()
-}
-
 fn utf8<'a>(field: &str, path: &'a Path) -> Result<&'a str, DomainError> {
     path.to_str().ok_or_else(|| DomainError::NonUtf8Path {
         field: field.to_string(),
@@ -290,19 +273,19 @@ fn os_xml(boot: Option<&Boot>) -> Result<Os<'_>, DomainError> {
     })
 }
 
-fn disk_xml(index: usize, disk: &Disk, dev: String) -> Result<DiskXml<'_>, DomainError> {
+fn disk_xml(disk: &PlannedDisk) -> Result<DiskXml<'_>, DomainError> {
     Ok(DiskXml {
         kind: "file",
-        device: "disk",
+        device: disk.device.as_str(),
         driver: Driver {
             name: "qemu",
             kind: disk.format.as_str(),
         },
         source: FileSource {
-            file: utf8(&format!("disks[{index}].path"), &disk.path)?,
+            file: utf8(&format!("{}.path", disk.field), &disk.file)?,
         },
         target: Target {
-            dev,
+            dev: disk.dev.clone(),
             bus: disk.bus.as_str(),
         },
         readonly: disk.readonly.then_some(()),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::{FileChecks, load};
+use crate::disks::drive_suffix;
 
 fn config(yaml: &str) -> VmConfig {
     load("test.yaml", yaml, FileChecks::Warn)
@@ -54,7 +55,12 @@ fn device_names_count_per_prefix() {
     let c = config(
         "name: vm1\ndisks:\n  - path: /a\n  - path: /b\n    bus: sata\n  - path: /c\n  - path: /d\n    bus: scsi\n",
     );
-    assert_eq!(device_names(&c.disks), ["vda", "sda", "vdb", "sdb"]);
+    let names: Vec<_> = crate::disks::DiskPlan::build(&c, None)
+        .disks
+        .into_iter()
+        .map(|d| d.dev)
+        .collect();
+    assert_eq!(names, ["vda", "sda", "vdb", "sdb"]);
     let xml = render(&c, &HostFacts::fixed(), None).unwrap();
     assert!(xml.contains(r#"<target dev="sdb" bus="scsi"/>"#), "{xml}");
     assert_eq!(
@@ -148,7 +154,7 @@ fn paths_are_escaped_and_survive_a_round_trip() {
     let nasty = r#"/var/lib/vm/a & b's "disk" <1>.img"#;
     let mut c = config("name: vm1\ndisks:\n  - path: /a\n");
     c.name = "a&b<'\"".into();
-    c.disks[0].path = nasty.into();
+    c.disks[0].path = Some(nasty.into());
     c.boot = Some(Boot {
         kernel: "/k&'".into(),
         initrd: None,
