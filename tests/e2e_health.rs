@@ -277,6 +277,14 @@ fn probes_metrics_logs_and_status_follow_the_guest_through_boot_traffic_and_a_qe
         slowest * 1000.0
     );
 
+    // The first boot's READY line is in the log before qemu dies, so that
+    // the count below is one per boot (the guest prints it a few seconds
+    // after vmpod is ready: it waits for a Router Advertisement first).
+    vm.sandbox.wait_for(
+        "the first boot's READY line from the serial console",
+        BOOT_TIMEOUT,
+        || (vm.sandbox.logs().matches("VMPOD-GUEST-READY").count() >= 1).then_some(()),
+    );
     // qemu killed (restart: always): not ready, then ready again.
     let qemu = vm.qemu_pid().expect("qemu runs");
     let killed = Instant::now();
