@@ -378,7 +378,7 @@ fn relays(config: &VmConfig, ipv6: bool) -> RelayPlan {
         egress,
         udp_egress,
         ingress,
-        drain_timeout: config.lifecycle.drain_timeout.0,
+        drain_timeout: config.lifecycle.drain_timeout(),
     }
 }
 
@@ -627,6 +627,13 @@ mod tests {
             p.to_string()
                 .contains("TCP keepalive after 300s idle, 9 probes 75s apart")
         );
+    }
+
+    #[test]
+    fn an_unset_drain_fits_a_short_grace() {
+        // Only shutdown_grace set: valid, and the guest keeps half of it.
+        let p = plan_of("lifecycle:\n  shutdown_grace: 5s\n");
+        assert_eq!(p.relays.drain_timeout, Duration::from_millis(2500));
     }
 
     #[test]

@@ -748,9 +748,10 @@ pub struct Lifecycle {
     pub shutdown_grace: HumanDuration,
     /// At shutdown, relayed connections in flight get this long to finish
     /// before they are reset; taken out of `shutdown_grace`, so it must be
-    /// shorter.
-    #[serde(default = "defaults::drain_timeout")]
-    pub drain_timeout: HumanDuration,
+    /// shorter. Unset: 5 s, or half the grace when that is shorter (see
+    /// [`Lifecycle::drain_timeout`]).
+    #[serde(default, rename = "drain_timeout")]
+    pub drain_timeout_set: Option<HumanDuration>,
     /// Give up when a daemon (libvirtd, virtlogd) dies this many times...
     #[serde(default = "defaults::daemon_max_restarts")]
     pub daemon_max_restarts: u32,
@@ -759,12 +760,23 @@ pub struct Lifecycle {
     pub daemon_restart_window: HumanDuration,
 }
 
+impl Lifecycle {
+    /// The drain at shutdown: as configured, else the default, cut to half
+    /// the grace so that a short `shutdown_grace` alone stays valid and
+    /// leaves the guest time to power off.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout_set
+            .map(|d| d.0)
+            .unwrap_or_else(|| defaults::drain_timeout().0.min(self.shutdown_grace.0 / 2))
+    }
+}
+
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
             restart: RestartPolicy::default(),
             shutdown_grace: defaults::shutdown_grace(),
-            drain_timeout: defaults::drain_timeout(),
+            drain_timeout_set: None,
             daemon_max_restarts: defaults::daemon_max_restarts(),
             daemon_restart_window: defaults::daemon_restart_window(),
         }

@@ -600,12 +600,15 @@ impl Validator {
         if l.shutdown_grace.0.as_secs() > 3600 {
             self.error("lifecycle.shutdown_grace", "must be at most 1h");
         }
-        if l.drain_timeout >= l.shutdown_grace && !l.shutdown_grace.0.is_zero() {
+        if let Some(drain) = l.drain_timeout_set
+            && drain >= l.shutdown_grace
+            && !l.shutdown_grace.0.is_zero()
+        {
             self.error(
                 "lifecycle.drain_timeout",
                 format!(
-                    "{} does not fit within lifecycle.shutdown_grace ({}): the drain is taken out of the grace, and the guest needs the rest to power off",
-                    l.drain_timeout, l.shutdown_grace
+                    "{drain} does not fit within lifecycle.shutdown_grace ({}): the drain is taken out of the grace, and the guest needs the rest to power off",
+                    l.shutdown_grace
                 ),
             );
         }
