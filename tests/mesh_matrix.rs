@@ -888,7 +888,7 @@ fn the_nat_binding_comes_first_in_both_families() {
         ns.sh(&["ip", "link", "set", dev, "up"]);
     }
     let yaml = "name: t\nboot:\n  kernel: /k\nnetwork:\n  bridge: br6\n  gateway: fd00:1::1/64\n  \
-                guest_ip: fd00:1::2\n  egress:\n    mode: tproxy\n";
+                guest_ip: fd00:1::2\n  guest_access: [80]\n  egress:\n    mode: tproxy\n";
     let config = vmpod::config::load("<test>", yaml, vmpod::config::FileChecks::Warn)
         .unwrap_or_else(|e| panic!("{e}"))
         .config;
