@@ -120,33 +120,17 @@ impl fmt::Display for Match {
             Match::NotOutInterface(name) => write!(f, "oifname != {}", Quoted(name)),
             Match::Source(net) => write!(f, "{} saddr {}", IpFamily::of(net), Prefix(net)),
             Match::DestinationIn(family, nets) => {
-                write!(f, "{family} daddr ")?;
-                match nets.as_slice() {
-                    [one] => write!(f, "{}", Prefix(one)),
-                    many => {
-                        let list: Vec<String> =
-                            many.iter().map(|n| Prefix(n).to_string()).collect();
-                        write!(f, "{{ {} }}", list.join(", "))
-                    }
-                }
+                write!(f, "{family} daddr {}", Set::of(nets.iter().map(Prefix)))
             }
             Match::DestinationNotIn(family, nets) => {
-                write!(f, "{family} daddr != ")?;
-                match nets.as_slice() {
-                    [one] => write!(f, "{}", Prefix(one)),
-                    many => {
-                        let list: Vec<String> =
-                            many.iter().map(|n| Prefix(n).to_string()).collect();
-                        write!(f, "{{ {} }}", list.join(", "))
-                    }
-                }
+                write!(f, "{family} daddr != {}", Set::of(nets.iter().map(Prefix)))
             }
             Match::Icmpv6Types(types) => {
-                let list: Vec<&str> = types.iter().map(|t| t.nft_name()).collect();
-                match list.as_slice() {
-                    [one] => write!(f, "icmpv6 type {one}"),
-                    many => write!(f, "icmpv6 type {{ {} }}", many.join(", ")),
-                }
+                write!(
+                    f,
+                    "icmpv6 type {}",
+                    Set::of(types.iter().map(|t| t.nft_name()))
+                )
             }
             Match::Proto(p) => write!(f, "meta l4proto {p}"),
             Match::NotProto(p) => write!(f, "meta l4proto != {p}"),
@@ -158,13 +142,9 @@ impl fmt::Display for Match {
             Match::DestinationPort(proto, port) => write!(f, "{proto} dport {port}"),
             Match::ReplyDirection => f.write_str("ct direction reply"),
             Match::DestinationNatted => f.write_str("ct status dnat"),
-            Match::DestinationPorts(proto, ports) => match ports.as_slice() {
-                [one] => write!(f, "{proto} dport {one}"),
-                many => {
-                    let list: Vec<String> = many.iter().map(u16::to_string).collect();
-                    write!(f, "{proto} dport {{ {} }}", list.join(", "))
-                }
-            },
+            Match::DestinationPorts(proto, ports) => {
+                write!(f, "{proto} dport {}", Set::of(ports))
+            }
             Match::EstablishedOrRelated => f.write_str("ct state established,related"),
         }
     }
@@ -213,6 +193,24 @@ impl fmt::Display for Quoted<'_> {
         }
         out.push('"');
         f.write_str(&out)
+    }
+}
+
+/// Values as `nft list` prints them: one bare, several as an anonymous set.
+struct Set(Vec<String>);
+
+impl Set {
+    fn of<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> Set {
+        Set(items.into_iter().map(|i| i.to_string()).collect())
+    }
+}
+
+impl fmt::Display for Set {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => f.write_str(one),
+            many => write!(f, "{{ {} }}", many.join(", ")),
+        }
     }
 }
 
