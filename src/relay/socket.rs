@@ -211,13 +211,29 @@ pub fn abort(stream: TcpStream) {
 /// address of every datagram (IP_PKTINFO, IPV6_RECVPKTINFO). No SO_REUSEADDR:
 /// a port another socket holds must fail here, not be shared.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    udp_bound(addr, |fd| {
+        if addr.is_ipv4() {
+            setsockopt(fd, sockopt::Ipv4PacketInfo, &true)?;
+        } else {
+            setsockopt(fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+        }
+        Ok(())
+    })
+}
+
+/// A UDP socket of `addr`'s family with `options` set, bound to `addr`;
+/// IPv6-only for an IPv6 address, so that a socket of the other family
+/// can hold the same port. What [`udp_socket`] and
+/// [`udp_transparent_listener`] share; they differ in the options only.
+fn udp_bound(
+    addr: SocketAddr,
+    options: impl FnOnce(&OwnedFd) -> io::Result<()>,
+) -> io::Result<UdpSocket> {
     let fd = nonblocking_socket(addr, SockType::Datagram)?;
-    if addr.is_ipv4() {
-        setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
-    } else {
+    if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-        setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
     }
+    options(&fd)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
@@ -322,16 +338,15 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 /// addressed anywhere, and told each datagram's original destination
 /// (IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR).
 pub fn udp_transparent_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let fd = nonblocking_socket(addr, SockType::Datagram)?;
-    set_transparent(&fd, addr)?;
-    if addr.is_ipv4() {
-        setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true)?;
-    } else {
-        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-        setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true)?;
-    }
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+    udp_bound(addr, |fd| {
+        set_transparent(fd, addr)?;
+        if addr.is_ipv4() {
+            setsockopt(fd, sockopt::Ipv4OrigDstAddr, &true)?;
+        } else {
+            setsockopt(fd, sockopt::Ipv6OrigDstAddr, &true)?;
+        }
+        Ok(())
+    })
 }
 
 /// One datagram read from a [`udp_transparent_listener`].
