@@ -11,6 +11,9 @@ own proxy behaves (it runs as the mesh's proxy user, started with setpriv):
                          accepted socket's local address
   --inbound-from ADDR    the inbound relay connects from ADDR (Envoy's
                          passthrough uses 127.0.0.6)
+  --inbound-from6 ADDR   the same for IPv6 connections (Envoy: ::6)
+  --ipv6                 listen on IPv6 too (a dual-stack pod): one more
+                         listener a port, IPv6-only, as the mesh's proxy has
   --mark N               SO_MARK on every upstream socket (ztunnel: 0x539)
   --inbound-mark N       SO_MARK on the inbound relay's upstream sockets only
                          (Envoy's passthrough in TPROXY mode: 1337)
@@ -20,14 +23,17 @@ own proxy behaves (it runs as the mesh's proxy user, started with setpriv):
                          other name gets NXDOMAIN
 
 Each connection is relayed to its original destination and logged as
-`LISTENER PEER -> ORIGINAL_DST: OUTCOME`; a destination that is one of the
+`LISTENER PEER -> ORIGINAL_DST: OUTCOME` (addresses as Rust prints them:
+`[IPV6]:PORT` for IPv6); a destination that is one of the
 stand-in's own ports is refused (a loop). DNS queries are logged as
 `dns PROTO PEER NAME: OUTCOME`. The first line is `ready uid=N`.
 """
 import argparse, os, socket, struct, sys, threading
 
 SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
 SO_MARK = 36
 
 p = argparse.ArgumentParser()
@@ -35,6 +41,8 @@ p.add_argument("--outbound", type=int)
 p.add_argument("--inbound", type=int)
 p.add_argument("--inbound-tproxy", action="store_true")
 p.add_argument("--inbound-from")
+p.add_argument("--inbound-from6")
+p.add_argument("--ipv6", action="store_true")
 p.add_argument("--mark", type=lambda s: int(s, 0))
 p.add_argument("--inbound-mark", type=lambda s: int(s, 0))
 p.add_argument("--dns", type=int)
@@ -74,25 +82,34 @@ def pump(src, dst):
 def original_dst(conn, tproxy):
     if tproxy:
         return conn.getsockname()[:2]
+    if conn.family == socket.AF_INET6:
+        raw = conn.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+        port, ip = struct.unpack("!2xH4x16s4x", raw)
+        return socket.inet_ntop(socket.AF_INET6, ip), port
     raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, ip = struct.unpack("!2xH4s8x", raw)
     return socket.inet_ntoa(ip), port
 
 
+def addr(a):
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
 def handle(port, conn, peer, inbound):
     tproxy = inbound and args.inbound_tproxy
     dst = original_dst(conn, tproxy)
-    what = f"{port} {peer[0]}:{peer[1]} -> {dst[0]}:{dst[1]}"
+    what = f"{port} {addr(peer)} -> {addr(dst)}"
     if dst[1] in own_ports:
         log(f"{what}: refused (loop)")
         return reset(conn)
-    up = socket.socket()
+    up = socket.socket(conn.family)
     try:
         mark = args.inbound_mark if inbound and args.inbound_mark is not None else args.mark
         if mark is not None:
             up.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
-        if inbound and args.inbound_from:
-            up.bind((args.inbound_from, 0))
+        source = args.inbound_from6 if conn.family == socket.AF_INET6 else args.inbound_from
+        if inbound and source:
+            up.bind((source, 0))
         up.settimeout(5)
         up.connect(dst)
         up.settimeout(None)
@@ -106,10 +123,16 @@ def handle(port, conn, peer, inbound):
 
 
 def tcp_listener(port, transparent=False, addr="0.0.0.0"):
-    ls = socket.socket()
+    v6 = ":" in addr
+    ls = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if v6:
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if transparent:
-        ls.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if v6:
+            ls.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            ls.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     ls.bind((addr, port))
     ls.listen(128)
     return ls
@@ -186,11 +209,13 @@ def dns_tcp(ls):
 
 
 threads = []
-if args.outbound:
-    threads.append((accept_loop, (args.outbound, tcp_listener(args.outbound), False)))
-if args.inbound:
-    ls = tcp_listener(args.inbound, transparent=args.inbound_tproxy)
-    threads.append((accept_loop, (args.inbound, ls, True)))
+for any_addr in ["0.0.0.0", "::"] if args.ipv6 else ["0.0.0.0"]:
+    if args.outbound:
+        ls = tcp_listener(args.outbound, addr=any_addr)
+        threads.append((accept_loop, (args.outbound, ls, False)))
+    if args.inbound:
+        ls = tcp_listener(args.inbound, transparent=args.inbound_tproxy, addr=any_addr)
+        threads.append((accept_loop, (args.inbound, ls, True)))
 if args.dns:
     threads.append((dns_tcp, (tcp_listener(args.dns, addr="127.0.0.1"),)))
     threads.append((dns_udp, (args.dns,)))

@@ -35,6 +35,11 @@ use crate::support::vm::example_config;
 
 pub const GUEST_IP: &str = "10.0.1.2";
 pub const GATEWAY_IP: &str = "10.0.1.1";
+/// The guest's and the gateway's IPv6 addresses in a dual-stack pod: `::2`
+/// and `::1` of the ULA /64 vmpod derives from the example's name (pinned
+/// in src/ipv6/config.rs).
+pub const GUEST_IP6: &str = "fdea:e3b6:3e27::2";
+pub const GATEWAY_IP6: &str = "fdea:e3b6:3e27::1";
 /// The pod end of the guest's veth: the tap's stand-in.
 pub const TAP: &str = "vguest";
 
@@ -155,9 +160,26 @@ impl PodNet {
     /// via 10.0.1.1) behind a veth whose pod end, `vguest`, is up but on no
     /// bridge yet.
     pub fn new(test: &str) -> PodNet {
+        PodNet::in_sandbox(Sandbox::new(test))
+    }
+
+    /// As [`PodNet::new`] in a dual-stack sandbox
+    /// ([`Sandbox::new_dual_stack`]), the guest also at [`GUEST_IP6`]/64
+    /// with its IPv6 default route via [`GATEWAY_IP6`], which vmpod puts on
+    /// the bridge (a config with `network.ipv6: on`).
+    pub fn new_dual_stack(test: &str) -> PodNet {
+        let net = PodNet::in_sandbox(Sandbox::new_dual_stack(test));
+        let g = &net.guest;
+        g.sh(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+        let addr = format!("{GUEST_IP6}/64");
+        g.sh(&["ip", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+        g.sh(&["ip", "-6", "route", "add", "default", "via", GATEWAY_IP6]);
+        net
+    }
+
+    fn in_sandbox(sandbox: Sandbox) -> PodNet {
         require(&[("ip", "iproute2"), ("nft", "nftables")]);
         init_logs();
-        let sandbox = Sandbox::new(test);
         let pod_ns = sandbox.pod_ns();
         let guest_ns = format!("{}-g", sandbox.name);
         run_ok(Command::new("ip").args(["netns", "add", &guest_ns]));
@@ -458,10 +480,11 @@ pub const ECHO_PORT: u16 = 7001;
 pub const CLOSED_PORT: u16 = 7999;
 
 impl Servers {
-    /// Starts the exchange server and an echo server on `ip` in `ns`.
+    /// Starts the exchange server and an echo server on `ip` (either
+    /// family) in `ns`.
     pub fn start(ns: &Ns, ip: &str) -> Servers {
         let mut s = Servers::start_exchange_on(ns, ip, EXCHANGE_PORT);
-        let echo: SocketAddr = format!("{ip}:{ECHO_PORT}").parse().unwrap();
+        let echo = SocketAddr::new(ip.parse().unwrap(), ECHO_PORT);
         s.tasks
             .push(accept_loop(ns, echo, s.peers.clone(), |s| async move {
                 let (mut r, mut w) = s.into_split();
@@ -475,7 +498,7 @@ impl Servers {
     /// Starts only the exchange server, on `ip`:`port` in `ns`.
     pub fn start_exchange_on(ns: &Ns, ip: &str, port: u16) -> Servers {
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
         let task = accept_loop(ns, addr, peers.clone(), |s| async move {
             let _ = serve_exchange(s).await;
         });
