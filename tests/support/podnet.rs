@@ -280,6 +280,15 @@ impl PodNet {
         })
     }
 
+    /// One reconcile pass now, as the supervisor's tick runs it (the tick
+    /// runs too): what it restored. A test that wants a pass to have run
+    /// asks for one instead of sleeping past the next tick.
+    pub fn reconcile_now(&self, vmpod: &Vmpod) -> vmpod::net::setup::Restored {
+        let setup = vmpod.setup.clone();
+        self.pod
+            .run(async move { setup.lock().await.reconcile().await })
+    }
+
     /// Kernel state that teardown must leave as it found it.
     pub fn pod_state(&self) -> String {
         format!(
