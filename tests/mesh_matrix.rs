@@ -939,6 +939,7 @@ macro_rules! matrix {
             istio_tproxy_breaks_redirect_mode => &ISTIO_TPROXY, "redirect";
             istio_nftables_tproxy_breaks_redirect_mode => &ISTIO_NFTABLES_TPROXY, "redirect";
             istio_tproxy_breaks_kernel_mode => &ISTIO_TPROXY, "kernel";
+            istio_nftables_tproxy_breaks_kernel_mode => &ISTIO_NFTABLES_TPROXY, "kernel";
         }
 
         tests! {
@@ -956,6 +957,7 @@ macro_rules! matrix {
                 istio_iptables => Some(&ISTIO_IPTABLES);
                 istio_nftables => Some(&ISTIO_NFTABLES);
                 istio_tproxy => Some(&ISTIO_TPROXY);
+                istio_nftables_tproxy => Some(&ISTIO_NFTABLES_TPROXY);
                 istio_ambient => Some(&AMBIENT);
                 linkerd => Some(&LINKERD);
             }
