@@ -354,7 +354,7 @@ impl Netlink {
         Ok(self.get_link(name).await?.map(|link| link.header.index))
     }
 
-    async fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+    pub(crate) async fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
         let mut answers = self.handle.link().get().match_name(name).execute();
         match answers.try_next().await {
             Ok(link) => Ok(link),
@@ -434,14 +434,14 @@ fn ensure_is_bridge(name: &str, link: &LinkMessage) -> Result<(), LinkError> {
     }
 }
 
-fn link_mtu(link: &LinkMessage) -> Option<u32> {
+pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Mtu(mtu) => Some(*mtu),
         _ => None,
     })
 }
 
-fn master_of(link: &LinkMessage) -> Option<u32> {
+pub(crate) fn master_of(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Controller(index) => Some(*index),
         _ => None,

@@ -31,6 +31,7 @@ use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
 use crate::libvirt::daemon::{DaemonError, DaemonEvent, RestartLimit};
 use crate::libvirt::guest::{Guest, GuestState};
 use crate::logtail::{self, LogTail, Source, Start};
+use crate::net::heal::{Piece, Repair};
 use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
@@ -443,7 +444,11 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
                         return Ok(stop);
                     }
                 }
-                _ = reconcile_tick.tick() => self.reconcile().await,
+                _ = reconcile_tick.tick() => {
+                    if let Some(stop) = self.reconcile().await? {
+                        return Ok(stop);
+                    }
+                }
                 _ = agent_tick.tick() => agent_up = self.ask_agent(agent_up).await,
             }
         }
@@ -518,10 +523,42 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
         }
     }
 
-    /// Restores kernel state vmpod owns when someone removed it.
-    async fn reconcile(&mut self) {
+    /// Repairs kernel state vmpod owns when someone changed or removed it.
+    /// A deleted tap cannot be made again by vmpod (qemu holds the other
+    /// end): the guest is restarted for a new one, unless the restart
+    /// policy is `never`, which leaves the fault standing for readiness
+    /// and, past `health.unrepaired_liveness_after`, liveness.
+    async fn reconcile(&mut self) -> Result<Option<Stop>, SupervisorError> {
         let restored = self.network.reconcile().await;
         self.health.reconciled(&restored);
+        let Some(gone) = restored.tap_gone else {
+            return Ok(None);
+        };
+        if self.lifecycle.restart == RestartPolicy::Never {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        self.probers = None;
+        if let Err(e) = self.guest.destroy().await {
+            tracing::error!(error = %e, tap = %gone, "the guest's tap was deleted and the guest cannot be destroyed for a new one; retrying");
+            return Ok(None);
+        }
+        self.start_guest().await?;
+        self.health.guest_restarted();
+        self.health.repaired([Piece::Tap]);
+        let tap = self.tap.as_deref().unwrap_or("");
+        Repair::new(
+            Piece::Tap,
+            &gone,
+            "the tap deleted",
+            format!(
+                "restarted the guest (restart: {:?}), new tap {tap}, in {} ms",
+                self.lifecycle.restart,
+                t.elapsed().as_millis()
+            ),
+        )
+        .log();
+        Ok(None)
     }
 
     /// Takes everything down, collecting errors rather than stopping at the
