@@ -268,6 +268,20 @@ fn start(world: Shared, restart: RestartPolicy) -> Run {
 
 /// Like `start`, with `extra` YAML appended to the config.
 fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
+    let (sup, health) = supervisor(world.clone(), restart, extra);
+    let (control, rx) = mpsc::channel(4);
+    Run {
+        world,
+        control,
+        task: tokio::spawn(sup.run_to_end(rx)),
+        health,
+    }
+}
+
+type FakeSupervisor = Supervisor<FakeGuest, FakeNetwork, FakeDaemons, FakeChecker>;
+
+/// A supervisor over fakes, not started.
+fn supervisor(world: Shared, restart: RestartPolicy, extra: &str) -> (FakeSupervisor, Arc<Health>) {
     // No DHCP server or DNS forwarder either: they would bind real sockets.
     let yaml = format!(
         "name: fake\nboot:\n  kernel: /k\nnetwork:\n  dhcp: false\n  dns: [10.96.0.10]\n  egress:\n    mode: kernel\n{extra}"
@@ -295,14 +309,9 @@ fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
         health: health.clone(),
         serial_log: None,
         disks: None,
+        listeners_down: Default::default(),
     };
-    let (control, rx) = mpsc::channel(4);
-    Run {
-        world,
-        control,
-        task: tokio::spawn(sup.run_to_end(rx)),
-        health,
-    }
+    (sup, health)
 }
 
 impl Run {
@@ -746,4 +755,35 @@ async fn under_restart_never_a_deleted_tap_is_a_readiness_failure_and_the_guest_
     let (result, log) = run.terminate().await;
     assert_eq!(result.unwrap(), 0);
     assert_eq!(run_restarts(&log), 0, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_relay_whose_task_ended_is_opened_again_and_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!("  ingress:\n    - name: http\n      port: {port}\n");
+    let (mut sup, health) = supervisor(world(), RestartPolicy::Always, &extra);
+    let relays = Relays::start(&sup.plan.relays).expect("relays");
+    relays.kill_one();
+    sup.relays = Some(relays);
+    while sup.relays.as_ref().unwrap().ended() == 0 {
+        tokio::task::yield_now().await;
+    }
+    sup.repair_listeners().await;
+    assert_eq!(sup.relays.as_ref().map(Relays::ended), Some(0));
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the reopened ingress listener accepts");
+    let metrics = crate::health::metrics::encode(&health, false);
+    assert!(
+        metrics.contains("vmpod_repairs_total{piece=\"listener\"} 1"),
+        "{metrics}"
+    );
+    assert!(health.readiness().iter().all(|f| !f.starts_with("repair ")));
+    if let Some(r) = sup.relays.take() {
+        r.stop(Duration::ZERO).await;
+    }
 }
