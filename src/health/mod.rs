@@ -93,6 +93,9 @@ pub struct Health {
     services: Mutex<Option<ServiceHandles>>,
     ready_after: OnceLock<Duration>,
     guest_restarts: AtomicU64,
+    /// When the guest last started: a lease granted before belongs to its
+    /// previous boot, whose network the new one has not brought up yet.
+    guest_started: Mutex<Option<Instant>>,
     daemon_restarts: Mutex<BTreeMap<String, u64>>,
     /// Repairs done by reconcile, by piece.
     repairs: Mutex<BTreeMap<Piece, u64>>,
@@ -187,6 +190,7 @@ impl Health {
             services: Mutex::new(None),
             ready_after: OnceLock::new(),
             guest_restarts: AtomicU64::new(0),
+            guest_started: Mutex::new(None),
             daemon_restarts: Mutex::new(DAEMONS.iter().map(|d| (d.to_string(), 0)).collect()),
             repairs: Mutex::new(Piece::ALL.iter().map(|p| (*p, 0)).collect()),
             unrepaired: Mutex::new(BTreeMap::new()),
@@ -286,6 +290,9 @@ impl Health {
 
     /// The tap the guest is attached with; None while it is being restarted.
     pub fn tap(&self, tap: Option<&str>) {
+        if tap.is_none() {
+            *lock(&self.guest_started) = Some(Instant::now());
+        }
         lock(&self.reported).tap = tap.map(str::to_string);
         self.probe_now.notify_one();
     }
@@ -330,14 +337,22 @@ impl Health {
     fn leased(&self) -> Option<IpAddr> {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease.as_ref()?.borrow();
-        lease.as_ref().map(|l| IpAddr::V4(l.ip))
+        let started = *lock(&self.guest_started);
+        lease
+            .as_ref()
+            .filter(|l| started.is_none_or(|s| l.granted >= s))
+            .map(|l| IpAddr::V4(l.ip))
     }
 
     /// The guest's DHCPv6 address, if it holds a lease.
     fn leased6(&self) -> Option<IpAddr> {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease6.as_ref()?.borrow();
-        lease.as_ref().map(|l| IpAddr::V6(l.address))
+        let started = *lock(&self.guest_started);
+        lease
+            .as_ref()
+            .filter(|l| started.is_none_or(|s| l.granted_at >= s))
+            .map(|l| IpAddr::V6(l.address))
     }
 
     /// The guest agent's report, or None when it stopped answering.

@@ -165,6 +165,10 @@ impl NetworkSetup {
 
     /// Everything that depends on the tap: run after every (re)start of the guest.
     pub async fn per_tap(&mut self, tap: &str) -> Result<(), SetupError> {
+        // Hygiene for readiness only: a failure is not the guest's.
+        if let Err(e) = self.netlink.flush_neighbours(&self.plan.bridge.name).await {
+            tracing::warn!(error = %e, "cannot forget the previous boot's neighbour entries");
+        }
         for s in sysctl::for_tap(&self.plan.sysctls, tap) {
             if let sysctl::Applied::Changed { from } = sysctl::apply_one(Path::new("/"), &s)? {
                 tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
