@@ -320,6 +320,11 @@ impl GuestServices {
         Ok(())
     }
 
+    /// How many of the DHCP and DNS tasks have ended (a panic, say).
+    pub fn ended(&self) -> usize {
+        self.tasks.iter().filter(|t| t.is_finished()).count()
+    }
+
     fn abort(&mut self) {
         for t in &self.tasks {
             t.abort();

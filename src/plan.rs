@@ -116,6 +116,9 @@ pub struct Plan {
     /// endpoint's.
     pub listeners: Vec<Listener>,
     pub health_addr: SocketAddr,
+    /// How long a piece may stay unrepaired before `/healthz` fails
+    /// (`health.unrepaired_liveness_after`).
+    pub unrepaired_liveness_after: std::time::Duration,
     /// The guest's readiness and liveness probes (`health.guest`).
     pub guest_probes: GuestProbePlan,
     pub daemon_files: Vec<ConfigFile>,
@@ -166,6 +169,7 @@ impl Plan {
             addressing,
             relays,
             health_addr,
+            unrepaired_liveness_after: config.health.unrepaired_liveness_after.0,
             guest_probes: GuestProbePlan::build(config),
             daemon_files: daemon_config::files(config),
         })

@@ -296,8 +296,25 @@ fn probes_metrics_logs_and_status_follow_the_guest_through_boot_traffic_and_a_qe
     );
     let noticed = killed.elapsed();
     wait_for_code(&vm, "/readyz", 200, BOOT_TIMEOUT);
+    let ready = killed.elapsed();
+    // Ready again means the new boot serves: ingress answers soon after
+    // (it once was 200 on the previous boot's lease while ingress failed).
+    vm.sandbox.wait_for(
+        "ingress soon after /readyz is 200 again",
+        Duration::from_secs(15),
+        || {
+            curl(vm.sandbox.in_cluster(&[
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                &format!("http://{POD_IP}:9080/"),
+            ]))
+            .filter(|a| a.code == 200)
+        },
+    );
     eprintln!(
-        "qemu killed: not ready after {noticed:?}, ready again after {:?}",
+        "qemu killed: not ready after {noticed:?}, ready again after {ready:?}, ingress after {:?}",
         killed.elapsed()
     );
     let m = metrics(&vm);

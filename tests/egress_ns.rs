@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use podnet::{
-    CLOSED_PORT, ECHO_PORT, EXCHANGE_PORT, GATEWAY_IP, Opened, PodNet, Servers, Vmpod, config,
+    CLOSED_PORT, ECHO_PORT, EXCHANGE_PORT, GATEWAY_IP, Opened, PodNet, Servers, TAP, Vmpod, config,
     connect_and_read, exchange, fd_count, logs_of, raise_fd_limit, wait_until,
 };
 use support::sandbox::{CLUSTER_IP, POD_IP};
@@ -450,12 +450,50 @@ fn restored_within(net: &PodNet, remove: &[&str], check: &[&str], needle: &str) 
 
 fn reconcile_restores_what_others_removed(mode: &str) {
     let _g = shared();
-    let (net, _servers, vm) = running("reconcile", mode, |t| t);
-    let mut removals: Vec<(Vec<&str>, Vec<&str>, &str)> = vec![(
-        vec!["nft", "flush", "ruleset"],
-        vec!["nft", "list", "table", "inet", "vmpod"],
-        "table inet vmpod",
-    )];
+    // An MTU of its own, so that a changed one is vmpod's to set back.
+    let (net, _servers, vm) = running("reconcile", mode, |t| t.replace("mtu: auto", "mtu: 1400"));
+    let mut removals: Vec<(Vec<&str>, Vec<&str>, &str)> = vec![
+        (
+            vec!["nft", "flush", "ruleset"],
+            vec!["nft", "list", "table", "inet", "vmpod"],
+            "table inet vmpod",
+        ),
+        (
+            vec!["ip", "link", "set", "virbr0", "down"],
+            vec!["ip", "link", "show", "virbr0"],
+            ",UP",
+        ),
+        (
+            vec!["ip", "address", "del", "10.0.1.1/24", "dev", "virbr0"],
+            vec!["ip", "-4", "address", "show", "dev", "virbr0"],
+            "inet 10.0.1.1/24",
+        ),
+        (
+            vec!["ip", "link", "set", "virbr0", "mtu", "1300"],
+            vec!["ip", "link", "show", "virbr0"],
+            "mtu 1400 ",
+        ),
+        (
+            vec!["ip", "link", "set", TAP, "nomaster"],
+            vec!["ip", "link", "show", TAP],
+            "master virbr0",
+        ),
+        (
+            vec!["ip", "link", "set", TAP, "down"],
+            vec!["ip", "link", "show", TAP],
+            ",UP",
+        ),
+        (
+            vec!["sysctl", "-w", "net.ipv4.conf.all.rp_filter=1"],
+            vec!["sysctl", "net.ipv4.conf.all.rp_filter"],
+            "= 0",
+        ),
+        (
+            vec!["sysctl", "-w", "net.ipv4.conf.vguest.rp_filter=2"],
+            vec!["sysctl", "net.ipv4.conf.vguest.rp_filter"],
+            "= 0",
+        ),
+    ];
     if mode == "tproxy" {
         removals.push((
             vec![
@@ -477,20 +515,57 @@ fn reconcile_restores_what_others_removed(mode: &str) {
             vec!["ip", "route", "show", "table", "4000"],
             "local default dev lo",
         ));
+        removals.push((
+            vec!["ip", "rule", "flush"],
+            vec!["ip", "rule"],
+            "32766:\tfrom all lookup main",
+        ));
     }
+    let mut figures = Vec::new();
     for (remove, check, needle) in removals {
         let took = restored_within(&net, &remove, &check, needle);
-        eprintln!("{mode}: `{}` undone in {took:?}", remove.join(" "));
+        figures.push(format!("`{}` repaired in {took:?}", remove.join(" ")));
         net.guest
             .run(exchange(cluster(EXCHANGE_PORT), 10, 10))
-            .unwrap_or_else(|e| panic!("egress after `{}` and restore: {e}", remove.join(" ")))
+            .unwrap_or_else(|e| panic!("egress after `{}` and repair: {e}", remove.join(" ")))
             .assert_intact(10, 10);
     }
+    if mode == "tproxy" {
+        // The flush took the pod's own rules too: all of them are back.
+        let rules = net.pod.sh(&["ip", "rule"]);
+        for want in [
+            "32000:",
+            "32766:",
+            "32767:",
+            "lookup 4000",
+            "lookup main",
+            "lookup default",
+        ] {
+            assert!(
+                rules.contains(want),
+                "{want} after `ip rule flush`:\n{rules}"
+            );
+        }
+    }
+    eprintln!("{mode}:\n  {}", figures.join("\n  "));
     let logs = logs_of(&net.pod);
-    assert!(
-        logs.contains("restored"),
-        "restores must be logged:\n{logs}"
-    );
+    for line in [
+        "repaired table inet vmpod: found the table missing; did applied it again",
+        "repaired bridge virbr0: found link down; did set it up",
+        "repaired bridge virbr0: found address 10.0.1.1/24 missing; did added 10.0.1.1/24",
+        "repaired bridge virbr0: found MTU 1300; did set MTU 1400",
+        "repaired tap vguest: found not a port of virbr0; did attached it to virbr0",
+        "repaired tap vguest: found link down; did set it up",
+        "repaired sysctl net.ipv4.conf.all.rp_filter: found net.ipv4.conf.all.rp_filter = 1; did set net.ipv4.conf.all.rp_filter = 0",
+    ] {
+        assert!(logs.contains(line), "missing `{line}` in:\n{logs}");
+    }
+    if mode == "tproxy" {
+        assert!(
+            logs.contains("repaired rule ip rule 32766: from all lookup main: found"),
+            "{logs}"
+        );
+    }
     stop(&net, vm);
 }
 

@@ -800,6 +800,11 @@ pub struct Health {
     /// Probes of the guest's own service (KubeVirt's VMI probes).
     #[serde(default)]
     pub guest: GuestProbes,
+    /// How long a piece vmpod owns (bridge, tap, sysctl, rule, route,
+    /// nft table, listener) may stay broken and unrepaired before
+    /// `/healthz` fails, so that the kubelet restarts the pod.
+    #[serde(default = "defaults::unrepaired_liveness_after")]
+    pub unrepaired_liveness_after: HumanDuration,
 }
 
 impl Default for Health {
@@ -807,6 +812,7 @@ impl Default for Health {
         Health {
             port: defaults::health_port(),
             guest: GuestProbes::default(),
+            unrepaired_liveness_after: defaults::unrepaired_liveness_after(),
         }
     }
 }
@@ -950,6 +956,9 @@ mod defaults {
     }
     pub fn keepalive_probes() -> u32 {
         9
+    }
+    pub fn unrepaired_liveness_after() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
     }
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(5))

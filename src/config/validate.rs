@@ -69,6 +69,7 @@ pub fn validate(config: &VmConfig, files: FileChecks, limits: &HostLimits) -> Ve
     v.consoles(config);
     v.lifecycle(config);
     v.guest_probes(config);
+    v.unrepaired(config);
     v.issues
 }
 

@@ -64,8 +64,7 @@ struct Snapshot {
     heartbeat_age_seconds: f64,
     guest_restarts: u64,
     daemon_restarts: Vec<(String, u64)>,
-    firewall_reconciliations: u64,
-    route_reconciliations: u64,
+    repairs: Vec<(&'static str, u64)>,
     drained: u64,
     drain_reset: u64,
     relays: Vec<RelayHandle>,
@@ -94,8 +93,10 @@ impl Snapshot {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            firewall_reconciliations: h.firewall_reconciliations.load(Ordering::Relaxed),
-            route_reconciliations: h.route_reconciliations.load(Ordering::Relaxed),
+            repairs: lock(&h.repairs)
+                .iter()
+                .map(|(piece, n)| (piece.as_str(), *n))
+                .collect(),
             drained: h.drained.load(Ordering::Relaxed),
             drain_reset: h.drain_reset.load(Ordering::Relaxed),
             relays: lock(&h.relays).clone(),
@@ -355,14 +356,12 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
-            "vmpod_rule_reconciliations",
-            "Times vmpod restored its nft table or policy route after someone removed it.",
+            "vmpod_repairs",
+            "Repairs of a piece vmpod owns after someone changed or removed it (one per change undone).",
             MetricType::Counter,
-            [
-                ("firewall", self.firewall_reconciliations),
-                ("route", self.route_reconciliations),
-            ]
-            .map(|(o, n)| (vec![("object", o.to_string())], ConstCounter::new(n))),
+            self.repairs
+                .iter()
+                .map(|(p, n)| (vec![("piece", p.to_string())], ConstCounter::new(*n))),
         )?;
         counter(
             e,
@@ -803,8 +802,13 @@ mod tests {
         h.daemon_restarted("libvirtd");
         h.daemon_restarted("libvirtd");
         h.reconciled(&crate::net::setup::Restored {
-            firewall: true,
-            route: false,
+            repairs: vec![crate::net::heal::Repair::new(
+                crate::net::heal::Piece::Table,
+                "inet vmpod",
+                "the table missing",
+                "applied it again",
+            )],
+            ..Default::default()
         });
         let text = encode(&h, false);
         assert_eq!(
@@ -829,21 +833,15 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(
-            value(
-                &text,
-                "vmpod_rule_reconciliations_total",
-                "object=\"firewall\""
-            ),
+            value(&text, "vmpod_repairs_total", "piece=\"table\""),
             Some(1.0)
         );
-        assert_eq!(
-            value(
-                &text,
-                "vmpod_rule_reconciliations_total",
-                "object=\"route\""
-            ),
-            Some(0.0)
-        );
+        for piece in crate::net::heal::Piece::ALL {
+            assert!(
+                value(&text, "vmpod_repairs_total", &format!("piece=\"{piece}\"")).is_some(),
+                "{piece} listed from the start: {text}"
+            );
+        }
         assert_eq!(
             value(&text, "vmpod_domain_state", "state=\"crashed\""),
             Some(1.0)

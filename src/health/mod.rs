@@ -34,6 +34,7 @@ use crate::dhcp::{DhcpStats, Lease};
 use crate::dns::DnsStats;
 use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::guest::GuestState;
+use crate::net::heal::Piece;
 use crate::net::setup::Restored;
 use crate::plan::{ListenerKind, Plan};
 use crate::relay::running::{ListenError, Relays};
@@ -92,9 +93,16 @@ pub struct Health {
     services: Mutex<Option<ServiceHandles>>,
     ready_after: OnceLock<Duration>,
     guest_restarts: AtomicU64,
+    /// When the guest last started: a lease granted before belongs to its
+    /// previous boot, whose network the new one has not brought up yet.
+    guest_started: Mutex<Option<Instant>>,
     daemon_restarts: Mutex<BTreeMap<String, u64>>,
-    firewall_reconciliations: AtomicU64,
-    route_reconciliations: AtomicU64,
+    /// Repairs done by reconcile, by piece.
+    repairs: Mutex<BTreeMap<Piece, u64>>,
+    /// Pieces broken and not repaired: since when, and why.
+    unrepaired: Mutex<BTreeMap<Piece, (Instant, String)>>,
+    /// How long a piece may stay unrepaired before liveness fails.
+    unrepaired_liveness_after: Duration,
     /// At shutdown: connections in flight that ended within the drain
     /// timeout, and those reset at it.
     drained: AtomicU64,
@@ -182,9 +190,11 @@ impl Health {
             services: Mutex::new(None),
             ready_after: OnceLock::new(),
             guest_restarts: AtomicU64::new(0),
+            guest_started: Mutex::new(None),
             daemon_restarts: Mutex::new(DAEMONS.iter().map(|d| (d.to_string(), 0)).collect()),
-            firewall_reconciliations: AtomicU64::new(0),
-            route_reconciliations: AtomicU64::new(0),
+            repairs: Mutex::new(Piece::ALL.iter().map(|p| (*p, 0)).collect()),
+            unrepaired: Mutex::new(BTreeMap::new()),
+            unrepaired_liveness_after: plan.unrepaired_liveness_after,
             drained: AtomicU64::new(0),
             drain_reset: AtomicU64::new(0),
             probe_now: Notify::new(),
@@ -280,6 +290,9 @@ impl Health {
 
     /// The tap the guest is attached with; None while it is being restarted.
     pub fn tap(&self, tap: Option<&str>) {
+        if tap.is_none() {
+            *lock(&self.guest_started) = Some(Instant::now());
+        }
         lock(&self.reported).tap = tap.map(str::to_string);
         self.probe_now.notify_one();
     }
@@ -324,14 +337,22 @@ impl Health {
     fn leased(&self) -> Option<IpAddr> {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease.as_ref()?.borrow();
-        lease.as_ref().map(|l| IpAddr::V4(l.ip))
+        let started = *lock(&self.guest_started);
+        lease
+            .as_ref()
+            .filter(|l| started.is_none_or(|s| l.granted >= s))
+            .map(|l| IpAddr::V4(l.ip))
     }
 
     /// The guest's DHCPv6 address, if it holds a lease.
     fn leased6(&self) -> Option<IpAddr> {
         let services = lock(&self.services);
         let lease = services.as_ref()?.lease6.as_ref()?.borrow();
-        lease.as_ref().map(|l| IpAddr::V6(l.address))
+        let started = *lock(&self.guest_started);
+        lease
+            .as_ref()
+            .filter(|l| started.is_none_or(|s| l.granted_at >= s))
+            .map(|l| IpAddr::V6(l.address))
     }
 
     /// The guest agent's report, or None when it stopped answering.
@@ -355,17 +376,63 @@ impl Health {
         self.drain_reset.fetch_add(report.reset, Ordering::Relaxed);
     }
 
+    /// What a reconcile pass repaired, and what stays broken: a piece
+    /// keeps the time it was first seen broken until it is repaired.
     pub fn reconciled(&self, restored: &Restored) {
-        if restored.firewall {
-            self.firewall_reconciliations
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        if restored.route {
-            self.route_reconciliations.fetch_add(1, Ordering::Relaxed);
-        }
-        if restored.firewall || restored.route {
+        self.repaired(restored.repairs.iter().map(|r| r.piece));
+        let now = Instant::now();
+        let changed = {
+            let mut unrepaired = lock(&self.unrepaired);
+            let before: Vec<Piece> = unrepaired.keys().copied().collect();
+            unrepaired.retain(|piece, _| restored.faults.iter().any(|(p, _)| p == piece));
+            for (piece, why) in &restored.faults {
+                unrepaired
+                    .entry(*piece)
+                    .and_modify(|(_, w)| w.clone_from(why))
+                    .or_insert_with(|| (now, why.clone()));
+            }
+            before != unrepaired.keys().copied().collect::<Vec<_>>()
+        };
+        if changed || !restored.repairs.is_empty() {
             self.probe_now.notify_one();
         }
+    }
+
+    /// Counts repairs done outside the network's reconcile (listeners).
+    pub fn repaired(&self, pieces: impl IntoIterator<Item = Piece>) {
+        let mut counts = lock(&self.repairs);
+        for p in pieces {
+            *counts.entry(p).or_default() += 1;
+        }
+    }
+
+    /// A piece outside the network's reconcile (a listener) is broken, or
+    /// with None works again.
+    pub fn unrepaired(&self, piece: Piece, why: Option<String>) {
+        let mut unrepaired = lock(&self.unrepaired);
+        match why {
+            Some(why) => {
+                unrepaired
+                    .entry(piece)
+                    .or_insert_with(|| (Instant::now(), why));
+            }
+            None => {
+                unrepaired.remove(&piece);
+            }
+        }
+    }
+
+    /// The unrepaired pieces as readiness failures.
+    fn unrepaired_failures(&self) -> Vec<String> {
+        lock(&self.unrepaired)
+            .iter()
+            .map(|(piece, (since, why))| {
+                format!(
+                    "repair {piece}: not repaired for {} s: {why}",
+                    since.elapsed().as_secs()
+                )
+            })
+            .collect()
     }
 
     /// The watch loop is alive.
@@ -381,6 +448,17 @@ impl Health {
     pub fn liveness(&self) -> Result<(), String> {
         if lock(&self.reported).phase != Phase::Running {
             return Ok(());
+        }
+        let limit = self.unrepaired_liveness_after;
+        if let Some((piece, (since, why))) = lock(&self.unrepaired)
+            .iter()
+            .find(|(_, (since, _))| since.elapsed() > limit)
+        {
+            return Err(format!(
+                "{piece} has been broken and unrepaired for {} s (limit {} s, health.unrepaired_liveness_after): {why}",
+                since.elapsed().as_secs(),
+                limit.as_secs()
+            ));
         }
         let age = self.heartbeat_age();
         if age > LIVENESS_STALE {
@@ -406,7 +484,8 @@ impl Health {
         reported.lease6 = self.leased6();
         reported.probe = self.readiness_probe_failure();
         let kernel = lock(&self.kernel).clone();
-        let failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
+        let mut failures = readiness::failures(&self.expect, &reported, kernel.as_ref());
+        failures.extend(self.unrepaired_failures());
         if failures.is_empty() && self.ready_after.get().is_none() {
             let after = self.started.elapsed();
             if self.ready_after.set(after).is_ok() {

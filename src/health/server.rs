@@ -671,4 +671,56 @@ mod tests {
         let r = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
         assert_eq!(status_of(&r), 200, "{r}");
     }
+
+    #[tokio::test]
+    async fn an_unrepaired_piece_fails_readiness_at_once_and_liveness_after_the_limit() {
+        let config = load(
+            "<test>",
+            "name: s1\nboot:\n  kernel: /k\nhealth:\n  unrepaired_liveness_after: 20s\n",
+            FileChecks::Warn,
+        )
+        .unwrap()
+        .config;
+        let h = Health::new(
+            &crate::plan::Plan::build(&config, &crate::host::HostFacts::fixed(), None).unwrap(),
+            Instant::now(),
+        );
+        h.booted();
+        let bridge = crate::net::heal::Piece::Bridge;
+        let broken = crate::net::setup::Restored {
+            faults: vec![(
+                bridge,
+                "set bridge virbr0 up: Operation not permitted".into(),
+            )],
+            ..Default::default()
+        };
+        h.reconciled(&broken);
+        let (addr, _srv) = server(h.clone()).await;
+        let r = exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status_of(&r), 503, "{r}");
+        assert!(
+            r.contains(
+                "repair bridge: not repaired for 0 s: set bridge virbr0 up: Operation not permitted"
+            ),
+            "{r}"
+        );
+        assert_eq!(h.liveness(), Ok(()), "within the limit");
+        // The same fault seen again keeps its first time; backdate it past the limit.
+        h.reconciled(&broken);
+        for (since, _) in super::super::lock(&h.unrepaired).values_mut() {
+            *since -= Duration::from_secs(21);
+        }
+        let err = h.liveness().unwrap_err();
+        assert!(
+            err.starts_with("bridge has been broken and unrepaired for 21 s (limit 20 s, health.unrepaired_liveness_after)"),
+            "{err}"
+        );
+        let r = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status_of(&r), 503, "{r}");
+        // Repaired: both clear.
+        h.reconciled(&crate::net::setup::Restored::default());
+        assert_eq!(h.liveness(), Ok(()));
+        let r = exchange(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await;
+        assert!(!r.contains("repair bridge"), "{r}");
+    }
 }

@@ -13,6 +13,7 @@ use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{LinkBridge, LinkUnspec, MulticastGroup};
 use tokio::task::JoinHandle;
 
@@ -233,6 +234,40 @@ impl Netlink {
         Ok(())
     }
 
+    /// Forget every neighbour entry on link `name`. Run as a (re)started
+    /// guest's tap joins: an entry left from its previous boot would tell
+    /// readiness that the guest answers before it does.
+    pub async fn flush_neighbours(&self, name: &str) -> Result<usize, LinkError> {
+        let Some(index) = self.link_index(name).await? else {
+            return Ok(0);
+        };
+        let entries: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| LinkError::netlink(format!("list the neighbours on `{name}`"), e))?;
+        let mut forgotten = 0;
+        for mut entry in entries.into_iter().filter(|n| n.header.ifindex == index) {
+            entry
+                .attributes
+                .retain(|a| matches!(a, NeighbourAttribute::Destination(_)));
+            match self.handle.neighbours().del(entry).execute().await {
+                Ok(()) => forgotten += 1,
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(LinkError::netlink(
+                        format!("delete a neighbour entry on `{name}`"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Delete bridge `name` if it is present; absent is not an error. A link
     /// of that name that is not a bridge is refused, not deleted.
     pub async fn delete_bridge(&self, name: &str) -> Result<(), LinkError> {
@@ -354,7 +389,7 @@ impl Netlink {
         Ok(self.get_link(name).await?.map(|link| link.header.index))
     }
 
-    async fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+    pub(crate) async fn get_link(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
         let mut answers = self.handle.link().get().match_name(name).execute();
         match answers.try_next().await {
             Ok(link) => Ok(link),
@@ -434,14 +469,14 @@ fn ensure_is_bridge(name: &str, link: &LinkMessage) -> Result<(), LinkError> {
     }
 }
 
-fn link_mtu(link: &LinkMessage) -> Option<u32> {
+pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Mtu(mtu) => Some(*mtu),
         _ => None,
     })
 }
 
-fn master_of(link: &LinkMessage) -> Option<u32> {
+pub(crate) fn master_of(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Controller(index) => Some(*index),
         _ => None,

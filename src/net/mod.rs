@@ -5,6 +5,7 @@
 //! plan that can be printed and golden-tested without root.
 
 pub mod firewall;
+pub mod heal;
 pub mod link;
 pub mod nft;
 pub mod repair;

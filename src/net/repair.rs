@@ -47,6 +47,11 @@ impl RepairGate {
         }
     }
 
+    /// The fault now standing, if any.
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.as_deref()
+    }
+
     /// The piece is fine (or was repaired). Returns the fault it had, if
     /// any, so the caller can say it cleared.
     pub fn ok(&mut self) -> Option<String> {

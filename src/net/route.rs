@@ -156,9 +156,16 @@ pub async fn remove(nl: &Netlink, r: &PolicyRoute) -> Result<(), RouteError> {
 
 /// Whether both `r`'s rule and its route are in the kernel.
 pub async fn is_present(nl: &Netlink, r: &PolicyRoute) -> Result<bool, RouteError> {
-    if find_rules(nl, r).await?.is_empty() {
-        return Ok(false);
-    }
+    Ok(rule_present(nl, r).await? && route_present(nl, r).await?)
+}
+
+/// Whether `r`'s rule is in the kernel.
+pub async fn rule_present(nl: &Netlink, r: &PolicyRoute) -> Result<bool, RouteError> {
+    Ok(!find_rules(nl, r).await?.is_empty())
+}
+
+/// Whether `r`'s `local` default route is in its table.
+pub async fn route_present(nl: &Netlink, r: &PolicyRoute) -> Result<bool, RouteError> {
     let lo = loopback(nl, r).await?;
     Ok(!find_routes(nl, r, lo).await?.is_empty())
 }
@@ -399,7 +406,7 @@ fn family(r: &PolicyRoute) -> AddressFamily {
 }
 
 /// The rule as `ip rule` would print it.
-fn rule_text(r: &PolicyRoute) -> String {
+pub fn rule_text(r: &PolicyRoute) -> String {
     format!(
         "{}fwmark {} lookup {} priority {}",
         if r.ipv6 { "-6 " } else { "" },
@@ -410,7 +417,7 @@ fn rule_text(r: &PolicyRoute) -> String {
 }
 
 /// The route as `ip route` would print it.
-fn route_text(r: &PolicyRoute) -> String {
+pub fn route_text(r: &PolicyRoute) -> String {
     let default = if r.ipv6 { "::/0" } else { "0.0.0.0/0" };
     format!("local {default} dev lo table {}", r.table)
 }

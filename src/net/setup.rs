@@ -3,6 +3,7 @@
 //! supervisor drives it; namespace tests drive it with a veth in place of
 //! the tap, so they exercise the same code without a VM.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use super::firewall::FirewallPlan;
+use super::heal::{self, HealError, Piece, Repair, TapCheck};
 use super::link::{LinkError, Netlink, Port};
 use super::nft::{self, NftError};
 use super::repair::{RepairGate, Report};
@@ -71,13 +73,27 @@ pub enum SetupError {
     Nft(#[from] NftError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Heal(#[from] HealError),
 }
 
-/// What was restored by one reconcile pass.
+/// What one reconcile pass found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Restored {
-    pub firewall: bool,
-    pub route: bool,
+    /// Each repair done, already logged at warn.
+    pub repairs: Vec<Repair>,
+    /// The guest's tap no longer exists: only a new NIC, or a restart of
+    /// the guest, gives it one again. The supervisor decides.
+    pub tap_gone: Option<String>,
+    /// Every piece that is broken and was not repaired (yet), with why.
+    pub faults: Vec<(Piece, String)>,
+}
+
+impl Restored {
+    /// How many repairs of `piece` this pass did.
+    pub fn count(&self, piece: Piece) -> u64 {
+        self.repairs.iter().filter(|r| r.piece == piece).count() as u64
+    }
 }
 
 pub struct NetworkSetup {
@@ -86,8 +102,9 @@ pub struct NetworkSetup {
     bridge_created: bool,
     firewall_applied: bool,
     route_applied: bool,
-    firewall_gate: RepairGate,
-    route_gate: RepairGate,
+    /// The tap `per_tap` set up last: reconcile keeps it on the bridge.
+    tap: Option<String>,
+    gates: BTreeMap<Piece, RepairGate>,
 }
 
 impl NetworkSetup {
@@ -99,8 +116,8 @@ impl NetworkSetup {
             bridge_created: false,
             firewall_applied: false,
             route_applied: false,
-            firewall_gate: RepairGate::default(),
-            route_gate: RepairGate::default(),
+            tap: None,
+            gates: BTreeMap::new(),
         })
     }
 
@@ -148,6 +165,10 @@ impl NetworkSetup {
 
     /// Everything that depends on the tap: run after every (re)start of the guest.
     pub async fn per_tap(&mut self, tap: &str) -> Result<(), SetupError> {
+        // Hygiene for readiness only: a failure is not the guest's.
+        if let Err(e) = self.netlink.flush_neighbours(&self.plan.bridge.name).await {
+            tracing::warn!(error = %e, "cannot forget the previous boot's neighbour entries");
+        }
         for s in sysctl::for_tap(&self.plan.sysctls, tap) {
             if let sysctl::Applied::Changed { from } = sysctl::apply_one(Path::new("/"), &s)? {
                 tracing::info!(key = %s.key, from = %from, to = s.value, "sysctl set");
@@ -159,39 +180,148 @@ impl NetworkSetup {
             self.route_applied = true;
             route::apply(&self.netlink, r).await?;
         }
+        self.tap = Some(tap.to_owned());
+        // A fault of the old tap is not one of this one.
+        self.gates.remove(&Piece::Tap);
+        self.gates.remove(&Piece::Sysctl);
         Ok(())
     }
 
-    /// Restores the nft table and the policy route if someone removed them.
-    /// A piece that cannot be checked or restored is reported once per
-    /// distinct fault and retried with backoff (see [`RepairGate`]).
+    /// Repairs what someone changed of what vmpod set up: the bridge, the
+    /// tap's place on it, the sysctls, the nft table, vmpod's policy rule
+    /// and route (and the pod's `main`/`default` rules when they went with
+    /// vmpod's). Each repair is logged at warn; a piece that cannot be
+    /// checked or repaired is reported once per distinct fault and retried
+    /// with backoff (see [`RepairGate`]), and is listed in `faults`.
     pub async fn reconcile(&mut self) -> Restored {
         let now = Instant::now();
-        let mut restored = Restored::default();
-        if self.firewall_applied && self.firewall_gate.due(now) {
+        let mut out = Restored::default();
+        if self.bridge_created && self.due(Piece::Bridge, now) {
+            let result = heal::bridge(&self.netlink, &self.plan.bridge).await;
+            self.settle(Piece::Bridge, result, now, &mut out);
+        }
+        if let Some(tap) = self.tap.clone() {
+            if self.due(Piece::Tap, now) {
+                match heal::tap(&self.netlink, &self.plan.bridge.name, &tap).await {
+                    Ok(TapCheck::Attached(done)) => {
+                        self.settle(Piece::Tap, Ok::<_, HealError>(done), now, &mut out)
+                    }
+                    Ok(TapCheck::Gone) => {
+                        let fault = format!(
+                            "the guest's tap {tap} was deleted; only a new NIC or a restart of the guest brings one back"
+                        );
+                        self.settle(Piece::Tap, Err(fault), now, &mut out);
+                        out.tap_gone = Some(tap.clone());
+                    }
+                    Err(e) => self.settle(Piece::Tap, Err::<Vec<Repair>, _>(e), now, &mut out),
+                }
+            }
+            if out.tap_gone.is_none() && self.due(Piece::Sysctl, now) {
+                let result = heal::sysctls(&self.netlink, &self.plan.sysctls, &tap);
+                self.settle(Piece::Sysctl, result, now, &mut out);
+            }
+        }
+        if self.firewall_applied && self.due(Piece::Table, now) {
             let result = match nft::table_exists().await {
-                Ok(true) => Ok(false),
-                Ok(false) => nft::apply(&self.plan.firewall).await.map(|()| true),
+                Ok(true) => Ok(vec![]),
+                Ok(false) => nft::apply(&self.plan.firewall).await.map(|()| {
+                    vec![Repair::new(
+                        Piece::Table,
+                        "inet vmpod",
+                        "the table missing",
+                        "applied it again",
+                    )]
+                }),
                 Err(e) => Err(e),
             };
-            restored.firewall = settle(&mut self.firewall_gate, "vmpod's nft table", result, now);
+            self.settle(Piece::Table, result, now, &mut out);
         }
-        if self.route_applied && self.route_gate.due(now) {
-            let mut result = Ok(false);
-            for r in self.plan.policy_routes() {
-                let one = match route::is_present(&self.netlink, r).await {
-                    Ok(true) => Ok(false),
-                    Ok(false) => route::apply(&self.netlink, r).await.map(|()| true),
-                    Err(e) => Err(e),
-                };
-                result = match (result, one) {
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                    (Ok(a), Ok(b)) => Ok(a || b),
-                };
+        if self.route_applied && self.due(Piece::Rule, now) {
+            let result = self.rules().await;
+            self.settle(Piece::Rule, result, now, &mut out);
+        }
+        if self.route_applied && self.due(Piece::Route, now) {
+            let result = self.routes().await;
+            self.settle(Piece::Route, result, now, &mut out);
+        }
+        out.faults = self
+            .gates
+            .iter()
+            .filter_map(|(piece, gate)| gate.fault().map(|f| (*piece, f.to_owned())))
+            .collect();
+        out
+    }
+
+    fn due(&self, piece: Piece, now: Instant) -> bool {
+        self.gates.get(&piece).is_none_or(|g| g.due(now))
+    }
+
+    /// vmpod's fwmark rules, and with them, when they are gone, the pod's
+    /// `main` and `default` rules: both went in an `ip rule flush`.
+    async fn rules(&self) -> Result<Vec<Repair>, SetupError> {
+        let mut done = Vec::new();
+        for r in self.plan.policy_routes() {
+            if route::rule_present(&self.netlink, r).await? {
+                continue;
             }
-            restored.route = settle(&mut self.route_gate, "vmpod's policy route", result, now);
+            done.extend(heal::pod_rules_back(&self.netlink, r.ipv6).await?);
+            route::apply(&self.netlink, r).await?;
+            let text = route::rule_text(r);
+            done.push(Repair::new(
+                Piece::Rule,
+                &text,
+                format!("`{text}` missing"),
+                format!("added `{text}`"),
+            ));
         }
-        restored
+        Ok(done)
+    }
+
+    async fn routes(&self) -> Result<Vec<Repair>, SetupError> {
+        let mut done = Vec::new();
+        for r in self.plan.policy_routes() {
+            if route::route_present(&self.netlink, r).await? {
+                continue;
+            }
+            route::apply(&self.netlink, r).await?;
+            let text = route::route_text(r);
+            done.push(Repair::new(
+                Piece::Route,
+                &text,
+                format!("`{text}` missing"),
+                format!("added `{text}`"),
+            ));
+        }
+        Ok(done)
+    }
+
+    /// Logs what one check found: each repair at warn, a new fault at
+    /// error, a repeated fault not at all.
+    fn settle<E: std::fmt::Display>(
+        &mut self,
+        piece: Piece,
+        result: Result<Vec<Repair>, E>,
+        now: Instant,
+        out: &mut Restored,
+    ) {
+        let gate = self.gates.entry(piece).or_default();
+        match result {
+            Ok(done) => {
+                if let Some(fault) = gate.ok() {
+                    tracing::info!(piece = piece.as_str(), was = %fault, "repair works again");
+                }
+                for r in &done {
+                    r.log();
+                }
+                out.repairs.extend(done);
+            }
+            Err(e) => {
+                let fault = e.to_string();
+                if gate.failed(fault.clone(), now) == Report::New {
+                    tracing::error!(piece = piece.as_str(), error = %fault, "cannot check or repair; retrying with backoff");
+                }
+            }
+        }
     }
 
     /// Removes exactly what was added, collecting every error.
@@ -215,34 +345,6 @@ impl NetworkSetup {
             errors.push(TeardownError::Bridge(e));
         }
         TeardownErrors(errors)
-    }
-}
-
-/// Logs what one reconcile check found: a repair at warn, a new fault at
-/// error, a repeated fault not at all. Returns whether it repaired.
-fn settle<E: std::fmt::Display>(
-    gate: &mut RepairGate,
-    piece: &str,
-    result: Result<bool, E>,
-    now: Instant,
-) -> bool {
-    match result {
-        Ok(repaired) => {
-            if let Some(fault) = gate.ok() {
-                tracing::info!(piece, was = %fault, "reconcile works again");
-            }
-            if repaired {
-                tracing::warn!(piece, "removed by someone else; restored it");
-            }
-            repaired
-        }
-        Err(e) => {
-            let fault = e.to_string();
-            if gate.failed(fault.clone(), now) == Report::New {
-                tracing::error!(piece, error = %fault, "cannot check or restore; retrying with backoff");
-            }
-            false
-        }
     }
 }
 

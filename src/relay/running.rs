@@ -172,6 +172,24 @@ impl Relays {
         })
     }
 
+    /// How many of the relays' tasks have ended (a panic, say): each is a
+    /// listener that no longer accepts, which the supervisor repairs.
+    pub fn ended(&self) -> usize {
+        self.accept_loops
+            .iter()
+            .chain(&self.udp_tasks)
+            .filter(|t| t.is_finished())
+            .count()
+    }
+
+    /// Ends one relay's task, as a panic in it would.
+    #[cfg(test)]
+    pub(crate) fn kill_one(&self) {
+        if let Some(t) = self.accept_loops.first().or(self.udp_tasks.first()) {
+            t.abort();
+        }
+    }
+
     /// Stops accepting (listeners close), ends UDP sessions, lets TCP
     /// connections in flight finish for up to `drain_timeout`, then resets
     /// (RST) those left. Logs and returns how many drained and were reset.

@@ -31,6 +31,8 @@ use crate::libvirt::conn::{Libvirt, LibvirtError, SYSTEM_URI};
 use crate::libvirt::daemon::{DaemonError, DaemonEvent, RestartLimit};
 use crate::libvirt::guest::{Guest, GuestState};
 use crate::logtail::{self, LogTail, Source, Start};
+use crate::net::heal::{Piece, Repair};
+use crate::net::repair::RepairGate;
 use crate::net::setup::{NetworkSetup, SetupError};
 use crate::plan::Plan;
 use crate::preflight::{self, PreflightError};
@@ -123,6 +125,16 @@ struct Supervisor<G, N, D, P> {
     serial_log: Option<LogTail>,
     /// The overlays, blank disks and seed made for this run.
     disks: Option<PreparedDisks>,
+    /// Listeners found dead and not open again yet: what was found.
+    listeners_down: ListenersDown,
+}
+
+/// The listener sets the supervisor reopens when a task of theirs ended.
+#[derive(Debug, Default)]
+struct ListenersDown {
+    relays: Option<String>,
+    services: Option<String>,
+    gate: RepairGate,
 }
 
 /// Runs the VM until it is told to stop; returns the process exit code.
@@ -194,6 +206,7 @@ pub async fn run(config: VmConfig, facts: HostFacts) -> Result<i32, SupervisorEr
         health,
         serial_log,
         disks: Some(prepared),
+        listeners_down: ListenersDown::default(),
     };
     sup.run_to_end(control).await
 }
@@ -443,7 +456,11 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
                         return Ok(stop);
                     }
                 }
-                _ = reconcile_tick.tick() => self.reconcile().await,
+                _ = reconcile_tick.tick() => {
+                    if let Some(stop) = self.reconcile().await? {
+                        return Ok(stop);
+                    }
+                }
                 _ = agent_tick.tick() => agent_up = self.ask_agent(agent_up).await,
             }
         }
@@ -518,10 +535,118 @@ impl<G: GuestControl, N: PodNetwork, D: Daemons, P: Checker> Supervisor<G, N, D,
         }
     }
 
-    /// Restores kernel state vmpod owns when someone removed it.
-    async fn reconcile(&mut self) {
+    /// Repairs kernel state vmpod owns when someone changed or removed it.
+    /// A deleted tap cannot be made again by vmpod (qemu holds the other
+    /// end): the guest is restarted for a new one, unless the restart
+    /// policy is `never`, which leaves the fault standing for readiness
+    /// and, past `health.unrepaired_liveness_after`, liveness.
+    async fn reconcile(&mut self) -> Result<Option<Stop>, SupervisorError> {
         let restored = self.network.reconcile().await;
         self.health.reconciled(&restored);
+        self.repair_listeners().await;
+        let Some(gone) = restored.tap_gone else {
+            return Ok(None);
+        };
+        if self.lifecycle.restart == RestartPolicy::Never {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        self.probers = None;
+        if let Err(e) = self.guest.destroy().await {
+            tracing::error!(error = %e, tap = %gone, "the guest's tap was deleted and the guest cannot be destroyed for a new one; retrying");
+            return Ok(None);
+        }
+        self.start_guest().await?;
+        self.health.guest_restarted();
+        self.health.repaired([Piece::Tap]);
+        let tap = self.tap.as_deref().unwrap_or("");
+        Repair::new(
+            Piece::Tap,
+            &gone,
+            "the tap deleted",
+            format!(
+                "restarted the guest (restart: {:?}), new tap {tap}, in {} ms",
+                self.lifecycle.restart,
+                t.elapsed().as_millis()
+            ),
+        )
+        .log();
+        Ok(None)
+    }
+
+    /// A relay, DHCP or DNS task that ended (a panic) leaves its port
+    /// unserved: its set is stopped and opened again from the plan. A reopen
+    /// that fails (the port taken meanwhile) is retried with backoff and
+    /// stands as a `listener` fault for readiness and liveness meanwhile.
+    async fn repair_listeners(&mut self) {
+        let down = &mut self.listeners_down;
+        if let Some(n) = self.relays.as_ref().map(Relays::ended).filter(|n| *n > 0)
+            && let Some(old) = self.relays.take()
+        {
+            old.stop(Duration::ZERO).await;
+            down.relays = Some(format!("{n} relay listener task(s) ended"));
+        }
+        if let Some(n) = self
+            .services
+            .as_ref()
+            .map(GuestServices::ended)
+            .filter(|n| *n > 0)
+            && let Some(old) = self.services.take()
+        {
+            old.stop().await;
+            down.services = Some(format!("{n} DHCP/DNS task(s) ended"));
+        }
+        let now = Instant::now();
+        if (down.relays.is_none() && down.services.is_none()) || !down.gate.due(now) {
+            return;
+        }
+        let mut fault = Vec::new();
+        if let Some(found) = down.relays.clone() {
+            match Relays::start(&self.plan.relays) {
+                Ok(relays) => {
+                    self.health.relays(&relays);
+                    self.relays = Some(relays);
+                    down.relays = None;
+                    self.health.repaired([Piece::Listener]);
+                    Repair::new(
+                        Piece::Listener,
+                        "relays",
+                        found,
+                        "opened every relay listener again",
+                    )
+                    .log();
+                }
+                Err(e) => fault.push(format!("{found}; reopening them failed: {e}")),
+            }
+        }
+        if let Some(found) = down.services.clone() {
+            match GuestServices::start(&self.plan.addressing) {
+                Ok(services) => {
+                    self.health.guest_services(&services);
+                    self.services = Some(services);
+                    down.services = None;
+                    self.health.repaired([Piece::Listener]);
+                    Repair::new(
+                        Piece::Listener,
+                        "dhcp-dns",
+                        found,
+                        "started the DHCP server and DNS forwarder again",
+                    )
+                    .log();
+                }
+                Err(e) => fault.push(format!("{found}; restarting them failed: {e}")),
+            }
+        }
+        if fault.is_empty() {
+            down.gate.ok();
+            self.health.unrepaired(Piece::Listener, None);
+        } else {
+            let fault = fault.join("; ");
+            if down.gate.failed(fault.clone(), now) == crate::net::repair::Report::New {
+                tracing::error!(piece = "listener", error = %fault, "cannot repair; retrying with backoff");
+            }
+            self.health.unrepaired(Piece::Listener, Some(fault));
+        }
     }
 
     /// Takes everything down, collecting errors rather than stopping at the

@@ -15,6 +15,7 @@ use crate::config::{FileChecks, load};
 use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::daemon::DaemonEvent;
 use crate::libvirt::guest::{AgentError, Defined, GuestState};
+use crate::net::heal::{Piece, Repair};
 use crate::net::nft::NftError;
 use crate::net::setup::{Restored, TeardownErrors};
 
@@ -34,6 +35,10 @@ struct World {
     per_tap: bool,
     /// Someone deleted vmpod's nft table.
     table_removed: bool,
+    /// Someone deleted the guest's tap (`ip link del`).
+    tap_deleted: bool,
+    /// Someone set the bridge down, and vmpod may not set it up again.
+    bridge_stuck_down: bool,
     daemon_events: Option<mpsc::Sender<DaemonEvent>>,
     /// The guest's service answers the probes.
     answers: bool,
@@ -54,6 +59,8 @@ fn world() -> Shared {
         bridge: false,
         per_tap: false,
         table_removed: false,
+        tap_deleted: false,
+        bridge_stuck_down: false,
         daemon_events: None,
         answers: true,
         checks: Vec::new(),
@@ -167,6 +174,8 @@ impl PodNetwork for FakeNetwork {
     ) -> Result<String, SetupError> {
         let mut w = self.0.lock().unwrap();
         w.log.push("net.wait_tap".into());
+        // The restarted guest's new tap.
+        w.tap_deleted = false;
         if fault(&w, "tap") {
             return Err(network_fault());
         }
@@ -185,14 +194,30 @@ impl PodNetwork for FakeNetwork {
     }
     async fn reconcile(&mut self) -> Restored {
         let mut w = self.0.lock().unwrap();
-        let firewall = std::mem::take(&mut w.table_removed);
-        if firewall {
+        let mut restored = Restored::default();
+        if std::mem::take(&mut w.table_removed) {
             w.log.push("net.reconcile restored the table".into());
+            restored.repairs.push(Repair::new(
+                Piece::Table,
+                "inet vmpod",
+                "the table missing",
+                "applied it again",
+            ));
         }
-        Restored {
-            firewall,
-            route: false,
+        if w.tap_deleted {
+            let tap = format!("vnet{}", w.taps - 1);
+            restored.tap_gone = Some(tap.clone());
+            restored
+                .faults
+                .push((Piece::Tap, format!("the guest's tap {tap} was deleted")));
         }
+        if w.bridge_stuck_down {
+            restored.faults.push((
+                Piece::Bridge,
+                "set bridge virbr0 up: Operation not permitted".into(),
+            ));
+        }
+        restored
     }
     async fn teardown(&mut self) -> TeardownErrors {
         let mut w = self.0.lock().unwrap();
@@ -243,6 +268,20 @@ fn start(world: Shared, restart: RestartPolicy) -> Run {
 
 /// Like `start`, with `extra` YAML appended to the config.
 fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
+    let (sup, health) = supervisor(world.clone(), restart, extra);
+    let (control, rx) = mpsc::channel(4);
+    Run {
+        world,
+        control,
+        task: tokio::spawn(sup.run_to_end(rx)),
+        health,
+    }
+}
+
+type FakeSupervisor = Supervisor<FakeGuest, FakeNetwork, FakeDaemons, FakeChecker>;
+
+/// A supervisor over fakes, not started.
+fn supervisor(world: Shared, restart: RestartPolicy, extra: &str) -> (FakeSupervisor, Arc<Health>) {
     // No DHCP server or DNS forwarder either: they would bind real sockets.
     let yaml = format!(
         "name: fake\nboot:\n  kernel: /k\nnetwork:\n  dhcp: false\n  dns: [10.96.0.10]\n  egress:\n    mode: kernel\n{extra}"
@@ -270,14 +309,9 @@ fn start_with(world: Shared, restart: RestartPolicy, extra: &str) -> Run {
         health: health.clone(),
         serial_log: None,
         disks: None,
+        listeners_down: Default::default(),
     };
-    let (control, rx) = mpsc::channel(4);
-    Run {
-        world,
-        control,
-        task: tokio::spawn(sup.run_to_end(rx)),
-        health,
-    }
+    (sup, health)
 }
 
 impl Run {
@@ -660,4 +694,96 @@ async fn a_guest_that_dies_is_restarted_once_not_again_by_its_stale_liveness_pro
     assert_eq!(result.unwrap(), 0);
     assert_eq!(run_restarts(&log), 1, "{log:?}");
     assert!(!log.iter().any(|l| l == "guest.destroy"), "{log:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_tap_restarts_the_guest_for_a_new_one() {
+    let run = start(world(), RestartPolicy::OnFailure);
+    pass(2).await;
+    run.world.lock().unwrap().tap_deleted = true;
+    pass(2).await;
+    let metrics = crate::health::metrics::encode(&run.health, false);
+    assert!(
+        metrics.contains("vmpod_repairs_total{piece=\"tap\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vmpod_guest_restarts_total 1"),
+        "{metrics}"
+    );
+    pass(2).await;
+    assert!(
+        run.health
+            .readiness()
+            .iter()
+            .all(|f| !f.starts_with("repair "))
+    );
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    let i = log
+        .iter()
+        .position(|l| l == "guest.destroy")
+        .expect("destroyed");
+    assert_eq!(
+        log[i..i + 4],
+        strings(&[
+            "guest.destroy",
+            "guest.start",
+            "net.wait_tap",
+            "net.per_tap vnet1"
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_restart_never_a_deleted_tap_is_a_readiness_failure_and_the_guest_runs_on() {
+    let run = start(world(), RestartPolicy::Never);
+    pass(2).await;
+    assert_eq!(run.health.liveness(), Ok(()));
+    run.world.lock().unwrap().tap_deleted = true;
+    pass(2).await;
+    let f = run.health.readiness();
+    assert!(
+        f.iter()
+            .any(|f| f.starts_with("repair tap: not repaired for ")
+                && f.contains("vnet0 was deleted")),
+        "{f:?}"
+    );
+    // Liveness after the limit: health::server's test (std's clock, which
+    // tokio's paused one does not move).
+    assert_eq!(run.health.liveness(), Ok(()), "not before the limit");
+    let (result, log) = run.terminate().await;
+    assert_eq!(result.unwrap(), 0);
+    assert_eq!(run_restarts(&log), 0, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_relay_whose_task_ended_is_opened_again_and_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!("  ingress:\n    - name: http\n      port: {port}\n");
+    let (mut sup, health) = supervisor(world(), RestartPolicy::Always, &extra);
+    let relays = Relays::start(&sup.plan.relays).expect("relays");
+    relays.kill_one();
+    sup.relays = Some(relays);
+    while sup.relays.as_ref().unwrap().ended() == 0 {
+        tokio::task::yield_now().await;
+    }
+    sup.repair_listeners().await;
+    assert_eq!(sup.relays.as_ref().map(Relays::ended), Some(0));
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the reopened ingress listener accepts");
+    let metrics = crate::health::metrics::encode(&health, false);
+    assert!(
+        metrics.contains("vmpod_repairs_total{piece=\"listener\"} 1"),
+        "{metrics}"
+    );
+    assert!(health.readiness().iter().all(|f| !f.starts_with("repair ")));
+    if let Some(r) = sup.relays.take() {
+        r.stop(Duration::ZERO).await;
+    }
 }

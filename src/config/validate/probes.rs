@@ -1,10 +1,38 @@
 //! Validation of the guest probes (`health.guest.readiness`,
 //! `health.guest.liveness`): one action each, timings that can be kept.
 
+use std::time::Duration;
+
 use super::Validator;
 use crate::config::{GuestProbe, VmConfig};
 
+const MIN_UNREPAIRED: Duration = Duration::from_secs(15);
+const MAX_UNREPAIRED: Duration = Duration::from_secs(3600);
+
 impl Validator {
+    /// `health.unrepaired_liveness_after`: long enough for the repairs'
+    /// first retries (1, 2, 4 and 8 s apart) to have run.
+    pub(super) fn unrepaired(&mut self, c: &VmConfig) {
+        let after = c.health.unrepaired_liveness_after;
+        if after.0 < MIN_UNREPAIRED {
+            self.error(
+                "health.unrepaired_liveness_after",
+                format!(
+                    "{after} is shorter than {}s: a repair is retried at 1, 2, 4 and 8 s before the pod should be given up",
+                    MIN_UNREPAIRED.as_secs()
+                ),
+            );
+        }
+        if after.0 > MAX_UNREPAIRED {
+            self.error(
+                "health.unrepaired_liveness_after",
+                format!(
+                    "{after} is longer than 1h: a pod that cannot repair its network would serve nothing that long"
+                ),
+            );
+        }
+    }
+
     pub(super) fn guest_probes(&mut self, c: &VmConfig) {
         let g = &c.health.guest;
         for (name, probe) in [("readiness", &g.readiness), ("liveness", &g.liveness)] {
