@@ -25,6 +25,31 @@ use std::sync::{Arc, OnceLock};
 
 pub use pair::relay_until;
 
+/// Set (to `auto`) by the test suites' second run: the relay correctness
+/// tests then run with `network.relay.accel: auto` (see `.ci/run`).
+pub const TEST_ENV: &str = "VMPOD_TEST_RELAY_ACCEL";
+
+/// Whether a test run asked for the accelerated path; then it must be
+/// there, or the test fails naming what is missing.
+pub fn test_mode() -> bool {
+    if std::env::var(TEST_ENV).as_deref() != Ok("auto") {
+        return false;
+    }
+    assert!(
+        Accel::shared().is_some(),
+        "{TEST_ENV}=auto but the eBPF sockmap path is unavailable (needs root: CAP_BPF, CAP_NET_ADMIN); see the log line above"
+    );
+    true
+}
+
+static JOINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Pairs that joined the maps since the process started: tests prove with
+/// it that the kernel path carried their connections.
+pub fn joined_total() -> u64 {
+    JOINED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Sockets each map can hold: two per connection. Only the bucket array
 /// (16 bytes a slot) is allocated up front; elements come and go with
 /// the sockets.

@@ -173,6 +173,7 @@ fn join(accel: &Accel, a: (RawFd, Key), b: (RawFd, Key)) -> io::Result<Joined> {
     if b.verdict {
         kick(b.fd)?;
     }
+    super::JOINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Joined { a, b })
 }
 
