@@ -146,6 +146,11 @@ struct RelayTuning {
     /// before they are reset.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     drain_timeout: config::HumanDuration,
+    /// `auto`: the kernel moves established connections' bytes (eBPF
+    /// sockmap, needs CAP_BPF and CAP_NET_ADMIN) when it allows, as
+    /// `network.relay.accel` does.
+    #[arg(long, value_name = "auto|off", default_value = "off", value_parser = ["auto", "off"])]
+    accel: String,
 }
 
 impl RelayTuning {
@@ -163,6 +168,7 @@ impl RelayTuning {
                 interval: self.keepalive_interval.0,
                 count: self.keepalive_count,
             }),
+            accel: self.accel == "auto",
             ..vmpod::relay::standalone::default_settings(self.max_connections)
         }
     }

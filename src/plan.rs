@@ -12,7 +12,8 @@ use ipnet::{IpNet, Ipv6Net};
 
 use crate::addressing::{AddressingError, AddressingPlan};
 use crate::config::{
-    EgressMode, Ingress, KeepaliveSetting, MacAddr, Protocol, ProxyProtocol, UdpEgress, VmConfig,
+    EgressMode, Ingress, KeepaliveSetting, MacAddr, Protocol, ProxyProtocol, RelayAccel, UdpEgress,
+    VmConfig,
 };
 use crate::disks::{self, DiskPlan};
 use crate::health::guest_probe::GuestProbePlan;
@@ -253,6 +254,7 @@ impl Plan {
                     "probes": k.count,
                 })),
                 "drain_timeout_ms": self.relays.drain_timeout.as_millis() as u64,
+                "accel": if self.relays.accel() { "auto" } else { "off" },
                 "egress_deny": self.relays.egress.as_ref().map(|e| e.deny.iter().map(ToString::to_string).collect::<Vec<_>>()),
             },
             "guest_probes": self.guest_probes.to_json(),
@@ -307,6 +309,7 @@ fn egress_settings(config: &VmConfig) -> ProxySettings {
         },
         max_connections: e.max_connections,
         proxy_protocol: None,
+        accel: config.network.relay.accel == RelayAccel::Auto,
         keepalive: match e.keepalive {
             KeepaliveSetting::Off => None,
             KeepaliveSetting::On(k) => Some(Keepalive {

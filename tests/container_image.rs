@@ -119,6 +119,8 @@ fn capability_bit(name: &str) -> u32 {
         "MKNOD" => 27,
         "AUDIT_WRITE" => 29,
         "SETFCAP" => 31,
+        // Optional: `network.relay.accel: auto` only (README, capability table).
+        "BPF" => 39,
         other => panic!("capability {other} is not in the test's table"),
     }
 }

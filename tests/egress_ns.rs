@@ -49,7 +49,12 @@ fn running(
 ) -> (PodNet, Servers, Vmpod) {
     let net = PodNet::new(&format!("{test}{mode}"));
     let servers = Servers::start(&net.cluster, CLUSTER_IP);
-    let vm = net.start_vmpod(config(mode, edit));
+    // `accel`: tproxy with the kernel moving established connections.
+    let vm = if mode == "accel" {
+        net.start_vmpod(config("tproxy", |t| podnet::with_accel(edit(t))))
+    } else {
+        net.start_vmpod(config(mode, edit))
+    };
     (net, servers, vm)
 }
 
@@ -98,6 +103,12 @@ fn ten_megabytes_each_way(mode: &str) {
         // The 8-byte header and the trailer ride along.
         assert!(RelayStats::get(&e.bytes_out) >= TEN_MB);
         assert!(RelayStats::get(&e.bytes_in) >= TEN_MB);
+    }
+    if mode == "accel" {
+        assert!(
+            vmpod::relay::accel::joined_total() > 0,
+            "no connection took the kernel path"
+        );
     }
     stop(&net, vm);
 }
@@ -609,13 +620,13 @@ macro_rules! per_mode {
     };
 }
 
-per_mode!(reaches_the_cluster_as_the_pod: tproxy, redirect, kernel);
-per_mode!(ten_megabytes_each_way: tproxy, redirect, kernel);
-per_mode!(half_close_passes_the_fin_and_keeps_the_answer: tproxy, redirect, kernel);
-per_mode!(refused_upstream_reaches_the_guest: tproxy, redirect, kernel);
-per_mode!(a_thousand_concurrent_connections: tproxy, redirect, kernel);
+per_mode!(reaches_the_cluster_as_the_pod: tproxy, redirect, kernel, accel);
+per_mode!(ten_megabytes_each_way: tproxy, redirect, kernel, accel);
+per_mode!(half_close_passes_the_fin_and_keeps_the_answer: tproxy, redirect, kernel, accel);
+per_mode!(refused_upstream_reaches_the_guest: tproxy, redirect, kernel, accel);
+per_mode!(a_thousand_concurrent_connections: tproxy, redirect, kernel, accel);
 // Kernel mode has no proxy: no connection limit and nothing to loop into.
-per_mode!(connection_limit_refuses_new_and_keeps_old: tproxy, redirect);
+per_mode!(connection_limit_refuses_new_and_keeps_old: tproxy, redirect, accel);
 per_mode!(loop_guard_refuses_vmpod_itself: tproxy, redirect);
 per_mode!(guest_is_isolated_from_the_pod: tproxy, redirect, kernel);
 per_mode!(reconcile_restores_what_others_removed: tproxy, redirect, kernel);

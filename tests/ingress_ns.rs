@@ -75,6 +75,9 @@ fn config(mode: &str, ingress: &str, egress_extra: &str) -> VmConfig {
             &format!("    exclude: []\n{egress_extra}"),
         );
     }
+    if vmpod::relay::accel::test_mode() {
+        text = podnet::with_accel(text);
+    }
     vmpod::config::load("ingress.yaml", &text, FileChecks::Warn)
         .unwrap_or_else(|e| panic!("{e}\n{text}"))
         .config

@@ -67,6 +67,7 @@ fn a_client_that_vanishes_without_a_fin_is_freed_by_keepalive() {
             max_connections: 10,
             proxy_protocol: None,
             keepalive: Some(KEEPALIVE),
+            accel: vmpod::relay::accel::test_mode(),
         };
         tokio::spawn(proxy::serve(
             "ingress",

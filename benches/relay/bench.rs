@@ -26,9 +26,14 @@ pub enum Side {
 #[derive(Clone, Copy, Debug)]
 enum Relay {
     Kernel,
-    VmpodTproxy,
+    /// `accel`: with `--accel auto` (the eBPF sockmap path).
+    VmpodTproxy {
+        accel: bool,
+    },
     VmpodRedirect,
-    VmpodIngress,
+    VmpodIngress {
+        accel: bool,
+    },
     Haproxy {
         splice: bool,
     },
@@ -53,7 +58,7 @@ pub const HAPROXY: &str = "haproxy";
 pub const PASTA_EGRESS: &str = "pasta-egress";
 pub const PASTA_INGRESS: &str = "pasta-ingress";
 
-pub const COMPETITORS: [Competitor; 10] = [
+pub const COMPETITORS: [Competitor; 12] = [
     Competitor {
         key: KERNEL_EGRESS,
         label: "kernel forward+masquerade (egress)",
@@ -66,7 +71,14 @@ pub const COMPETITORS: [Competitor; 10] = [
         label: "vmpod egress tproxy",
         side: Side::Egress,
         ports: topo::EGRESS_TPROXY,
-        relay: Relay::VmpodTproxy,
+        relay: Relay::VmpodTproxy { accel: false },
+    },
+    Competitor {
+        key: "vmpod-accel",
+        label: "vmpod egress tproxy, accel: auto (eBPF sockmap)",
+        side: Side::Egress,
+        ports: topo::EGRESS_ACCEL,
+        relay: Relay::VmpodTproxy { accel: true },
     },
     Competitor {
         key: "vmpod-redirect",
@@ -94,7 +106,14 @@ pub const COMPETITORS: [Competitor; 10] = [
         label: "vmpod ingress",
         side: Side::Ingress,
         ports: topo::INGRESS_VMPOD,
-        relay: Relay::VmpodIngress,
+        relay: Relay::VmpodIngress { accel: false },
+    },
+    Competitor {
+        key: "vmpod-accel-ingress",
+        label: "vmpod ingress, accel: auto (eBPF sockmap)",
+        side: Side::Ingress,
+        ports: topo::INGRESS_ACCEL,
+        relay: Relay::VmpodIngress { accel: true },
     },
     Competitor {
         key: PASTA_INGRESS,
@@ -164,7 +183,8 @@ impl Competitor {
     fn listen_ports(&self) -> Vec<u16> {
         match self.relay {
             Relay::Kernel => vec![],
-            Relay::VmpodTproxy => vec![topo::TPROXY_LISTEN],
+            Relay::VmpodTproxy { accel: false } => vec![topo::TPROXY_LISTEN],
+            Relay::VmpodTproxy { accel: true } => vec![topo::ACCEL_LISTEN],
             Relay::VmpodRedirect => vec![topo::REDIRECT_LISTEN],
             Relay::Pasta if self.side == Side::Egress => vec![],
             _ => vec![self.ports.0, self.ports.1],
@@ -319,10 +339,11 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
             iperf: None,
             echo: None,
         },
-        Relay::VmpodTproxy | Relay::VmpodRedirect => {
-            let (port, mode) = match c.relay {
-                Relay::VmpodTproxy => (topo::TPROXY_LISTEN, "tproxy"),
-                _ => (topo::REDIRECT_LISTEN, "redirect"),
+        Relay::VmpodTproxy { .. } | Relay::VmpodRedirect => {
+            let (port, mode, accel) = match c.relay {
+                Relay::VmpodTproxy { accel: false } => (topo::TPROXY_LISTEN, "tproxy", "off"),
+                Relay::VmpodTproxy { accel: true } => (topo::ACCEL_LISTEN, "tproxy", "auto"),
+                _ => (topo::REDIRECT_LISTEN, "redirect", "off"),
             };
             let cmd = vmpod(&s(&[
                 "egress",
@@ -330,6 +351,8 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                 &format!("0.0.0.0:{port}"),
                 "--mode",
                 mode,
+                "--accel",
+                accel,
             ]));
             Running {
                 procs: vec![Proc::spawn(c.key, cmd, &log("relay"))?],
@@ -337,7 +360,7 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                 echo: Some(0),
             }
         }
-        Relay::VmpodIngress => {
+        Relay::VmpodIngress { accel } => {
             let one = |port: u16, to: &str, name: &str| {
                 let cmd = vmpod(&s(&[
                     "ingress",
@@ -345,6 +368,8 @@ fn start(c: &Competitor, env: &Env) -> Result<Running> {
                     &format!("{POD_IP}:{port}"),
                     "--to",
                     to,
+                    "--accel",
+                    if accel { "auto" } else { "off" },
                 ]));
                 Proc::spawn(c.key, cmd, &log(name))
             };
@@ -516,6 +541,7 @@ fn start_servers(env: &Env) -> Result<Vec<Proc>> {
         topo::EGRESS_TPROXY,
         topo::EGRESS_REDIRECT,
         topo::EGRESS_PASTA,
+        topo::EGRESS_ACCEL,
     ];
     for (p, _) in egress {
         procs.push(iperf(CLUSTER, p)?);

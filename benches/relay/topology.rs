@@ -31,6 +31,8 @@ pub const GUEST_ECHO: u16 = 5202;
 
 pub const TPROXY_LISTEN: u16 = 9401;
 pub const REDIRECT_LISTEN: u16 = 9402;
+/// The tproxy relay with `--accel auto` (eBPF sockmap).
+pub const ACCEL_LISTEN: u16 = 9403;
 
 /// Cluster ports each egress competitor's traffic goes to (iperf3, echo);
 /// the pod's rules choose the path by destination port.
@@ -38,6 +40,7 @@ pub const EGRESS_KERNEL: (u16, u16) = (6101, 6102);
 pub const EGRESS_TPROXY: (u16, u16) = (6201, 6202);
 pub const EGRESS_REDIRECT: (u16, u16) = (6301, 6302);
 pub const EGRESS_PASTA: (u16, u16) = (6401, 6402);
+pub const EGRESS_ACCEL: (u16, u16) = (6501, 6502);
 /// Pod ports of the ingress competitors.
 pub const INGRESS_VMPOD: (u16, u16) = (7101, 7102);
 pub const INGRESS_HAPROXY: (u16, u16) = (7201, 7202);
@@ -46,6 +49,7 @@ pub const INGRESS_SOCAT: (u16, u16) = (7401, 7402);
 pub const INGRESS_KERNEL: (u16, u16) = (7501, 7502);
 /// pasta forwards these to the guest ports in its own guest namespace.
 pub const INGRESS_PASTA: (u16, u16) = (7601, 7602);
+pub const INGRESS_ACCEL: (u16, u16) = (7701, 7702);
 
 /// `argv` in namespace `ns`.
 pub fn in_ns(ns: &str, argv: &[&str]) -> Command {
@@ -193,7 +197,7 @@ impl Drop for Topology {
 /// by the `socket transparent` rule, so a guest that reuses a source port
 /// whose relayed socket is in TIME_WAIT reaches the listener at once.
 fn rules() -> String {
-    let (t, r) = (EGRESS_TPROXY, EGRESS_REDIRECT);
+    let (t, r, a) = (EGRESS_TPROXY, EGRESS_REDIRECT, EGRESS_ACCEL);
     let (k, g) = (INGRESS_KERNEL, (GUEST_IPERF, GUEST_ECHO));
     format!(
         r#"table inet vmpb {{
@@ -201,6 +205,7 @@ fn rules() -> String {
     type filter hook prerouting priority mangle; policy accept;
     iifname "virbr0" tcp flags & (syn | ack) != syn socket transparent 1 meta mark set meta mark | 0x4000 accept
     iifname "virbr0" ip daddr {CLUSTER_IP} tcp dport {{ {}, {} }} tproxy ip to :{TPROXY_LISTEN} meta mark set meta mark | 0x4000 accept
+    iifname "virbr0" ip daddr {CLUSTER_IP} tcp dport {{ {}, {} }} tproxy ip to :{ACCEL_LISTEN} meta mark set meta mark | 0x4000 accept
   }}
   chain prerouting_nat {{
     type nat hook prerouting priority dstnat; policy accept;
@@ -214,7 +219,7 @@ fn rules() -> String {
   }}
 }}
 "#,
-        t.0, t.1, r.0, r.1, k.0, g.0, k.1, g.1
+        t.0, t.1, a.0, a.1, r.0, r.1, k.0, g.0, k.1, g.1
     )
 }
 

@@ -5,9 +5,11 @@
 #
 #   kernel-egress    guest → cluster, kernel forwarding + masquerade
 #   vmpod-tproxy     guest → cluster through `vmpod relay egress --mode tproxy`
+#   vmpod-accel      the same as vmpod-tproxy with `--accel auto` (eBPF sockmap)
 #   vmpod-redirect   guest → cluster through `vmpod relay egress --mode redirect`
 #   kernel-ingress   cluster → pod address → guest, kernel DNAT
 #   vmpod-ingress    cluster → pod address → guest through `vmpod relay ingress`
+#   vmpod-accel-ingress  the same with `--accel auto`
 #   haproxy          the same through haproxy (mode tcp)
 #   haproxy-splice   the same with `option splice-auto`
 #   socat            the same through socat (fork)

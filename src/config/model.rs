@@ -260,6 +260,38 @@ pub struct Network {
     /// gateway stay open when vmpod serves them.
     #[serde(default)]
     pub guest_access: Vec<GuestPort>,
+    /// How the TCP relays (egress and ingress) move bytes.
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// `network.relay`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    #[serde(default)]
+    pub accel: RelayAccel,
+}
+
+/// `network.relay.accel`: `auto` lets the kernel move the bytes of an
+/// established relayed connection (eBPF sockmap) when the pod has the
+/// capabilities for it (CAP_BPF and CAP_NET_ADMIN); otherwise, and with
+/// `off`, userspace copies them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayAccel {
+    #[default]
+    Off,
+    Auto,
+}
+
+impl RelayAccel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayAccel::Off => "off",
+            RelayAccel::Auto => "auto",
+        }
+    }
 }
 
 /// `network.ipv6`.
@@ -362,6 +394,7 @@ impl Default for Network {
             gateway6: None,
             guest_ip6: None,
             guest_access: Vec::new(),
+            relay: RelayConfig::default(),
         }
     }
 }

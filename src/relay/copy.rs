@@ -321,10 +321,28 @@ mod tests {
         let (relay_upstream, server) = pair().await;
         let bytes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let b = bytes.clone();
-        let ended =
-            tokio::spawn(
-                async move { relay(relay_client, relay_upstream, timeouts, &b.0, &b.1).await },
-            );
+        // The same tests run on the accelerated path when asked (`.ci/run`).
+        let accel = crate::relay::accel::test_mode()
+            .then(crate::relay::accel::Accel::shared)
+            .flatten();
+        let ended = tokio::spawn(async move {
+            match accel {
+                Some(a) => {
+                    let never = std::future::pending();
+                    crate::relay::accel::relay_until(
+                        &a,
+                        relay_client,
+                        relay_upstream,
+                        timeouts,
+                        &b.0,
+                        &b.1,
+                        never,
+                    )
+                    .await
+                }
+                None => relay(relay_client, relay_upstream, timeouts, &b.0, &b.1).await,
+            }
+        });
         Relayed {
             client,
             server,

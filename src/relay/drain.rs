@@ -155,6 +155,7 @@ mod tests {
             max_connections: 100,
             proxy_protocol: None,
             keepalive: Some(Keepalive::DEFAULT),
+            accel: false,
         }
     }
 

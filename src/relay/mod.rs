@@ -4,6 +4,7 @@
 //! UDP ingress has its own session table (`udp`), UDP egress another
 //! (`udp_egress`). `standalone` runs one relay alone (`vmpod relay`).
 
+pub mod accel;
 pub mod copy;
 pub mod drain;
 pub mod egress;

@@ -28,6 +28,9 @@ pub struct ProxySettings {
     /// TCP keepalive on both sockets of every relayed connection (the
     /// config's `network.egress.keepalive`); `None`: off.
     pub keepalive: Option<socket::Keepalive>,
+    /// `network.relay.accel: auto`: established connections are moved by
+    /// the kernel (eBPF sockmap) when it allows; see [`super::accel`].
+    pub accel: bool,
 }
 
 impl ProxySettings {
@@ -173,15 +176,11 @@ async fn handle(
         return;
     }
     tracing::debug!(relay = name, %peer, %target, "relaying");
-    let ended = copy::relay_until(
-        client,
-        upstream,
-        settings.timeouts,
-        &stats.bytes_out,
-        &stats.bytes_in,
-        cut,
-    )
-    .await;
+    let (timeouts, out, inn) = (settings.timeouts, &stats.bytes_out, &stats.bytes_in);
+    let ended = match settings.accel.then(super::accel::Accel::shared).flatten() {
+        Some(a) => super::accel::relay_until(&a, client, upstream, timeouts, out, inn, cut).await,
+        None => copy::relay_until(client, upstream, timeouts, out, inn, cut).await,
+    };
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
 }
 

@@ -80,6 +80,15 @@ impl RelayPlan {
             .flatten()
     }
 
+    /// `network.relay.accel: auto` (shared by every TCP relay of the VM).
+    pub fn accel(&self) -> bool {
+        self.egress.as_ref().is_some_and(|e| e.settings.accel)
+            || self.ingress.iter().any(|i| match &i.relay {
+                IngressRelay::Tcp(s) => s.accel,
+                IngressRelay::Udp(_) => false,
+            })
+    }
+
     /// One line for `vmpod render`.
     pub fn summary(&self) -> String {
         let keepalive = match self.keepalive() {
@@ -91,8 +100,13 @@ impl RelayPlan {
             ),
             None => "TCP keepalive off".into(),
         };
+        let accel = if self.accel() {
+            "; established TCP connections moved by the kernel (eBPF sockmap) when it allows"
+        } else {
+            ""
+        };
         format!(
-            "{keepalive}; at shutdown, connections in flight get {}ms to finish, then are reset",
+            "{keepalive}{accel}; at shutdown, connections in flight get {}ms to finish, then are reset",
             self.drain_timeout.as_millis()
         )
     }

@@ -64,6 +64,7 @@ pub fn default_settings(max_connections: u32) -> ProxySettings {
         max_connections,
         proxy_protocol: None,
         keepalive: Some(Keepalive::DEFAULT),
+        accel: false,
     }
 }
 

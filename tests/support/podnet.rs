@@ -332,10 +332,26 @@ impl Drop for Vmpod {
 /// The example config in `mode`, with `edit` applied to its text.
 pub fn config(mode: &str, edit: impl FnOnce(String) -> String) -> VmConfig {
     let text = example_config(|t| edit(t.replace("mode: tproxy", &format!("mode: {mode}"))));
+    let text = if vmpod::relay::accel::test_mode() {
+        with_accel(text)
+    } else {
+        text
+    };
     assert!(text.contains(&format!("mode: {mode}")), "{text}");
     vmpod::config::load("example.yaml", &text, FileChecks::Warn)
         .unwrap_or_else(|e| panic!("{e}"))
         .config
+}
+
+/// The config text with `network.relay.accel: auto`.
+#[allow(dead_code)]
+pub fn with_accel(text: String) -> String {
+    if text.contains("\n  relay:\n    accel: auto\n") {
+        return text;
+    }
+    let out = text.replacen("\nnetwork:\n", "\nnetwork:\n  relay:\n    accel: auto\n", 1);
+    assert_ne!(out, text, "the config has no network section: {text}");
+    out
 }
 
 // ---- logs ---------------------------------------------------------------
