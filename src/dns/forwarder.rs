@@ -337,8 +337,8 @@ async fn ask_udp(
     let socket = UdpSocket::bind(pod_side(upstream)).await?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
-    // Not zeroed: a 64 KiB memset per query, for answers of a few hundred
-    // bytes, was most of the forwarder's own work besides system calls.
+    // Not zeroed: a 64 KiB memset per query is wasted on answers of a few
+    // hundred bytes.
     let mut buf = Vec::with_capacity(MAX_MESSAGE);
     loop {
         buf.clear();
