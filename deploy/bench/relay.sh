@@ -41,4 +41,9 @@ for cmd in ip nft ss iperf3 haproxy socat pasta dnsperf cargo; do
 done
 
 cargo build --release --bin vmpod
-exec cargo bench --bench relay -- --vmpod target/release/vmpod --out target/bench "$@"
+# target/bench unless the caller names --out (the harness takes it once).
+out=(--out target/bench)
+for a in "$@"; do
+  case "$a" in --out | --out=*) out=() ;; esac
+done
+exec cargo bench --bench relay -- --vmpod target/release/vmpod "${out[@]}" "$@"

@@ -194,9 +194,11 @@ async fn pump(
     let mut bulk = false;
     let mut can_splice = true;
     loop {
-        from.readable().await?;
+        read_ready(from).await?;
         if bulk && can_splice {
-            match splice::burst(from, to, &mut moved).await? {
+            // Boxed, as the copy burst below: an idle connection's task then
+            // holds neither burst's state, only a pointer while one runs.
+            match Box::pin(splice::burst(from, to, &mut moved)).await? {
                 Outcome::Drained => continue,
                 Outcome::Eof => break,
                 Outcome::Unsupported => {
@@ -205,7 +207,7 @@ async fn pump(
                 }
             }
         }
-        match copy_burst(from, to, size, &mut moved).await? {
+        match Box::pin(copy_burst(from, to, size, &mut moved)).await? {
             Copied::Drained => {}
             Copied::Eof => break,
             Copied::Filled => match SIZES.iter().position(|s| *s == size) {
@@ -277,11 +279,25 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         match to.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_ready(to).await?,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Waits until `s` may be readable. `readable()` would do, but its future
+/// holds a waiter node (about 150 bytes) in every idle connection's task;
+/// `poll_read_ready` keeps the one waker in the socket's own slot. That is
+/// enough here: each socket is read by one direction only, and written by
+/// the other only ([`write_ready`]).
+pub(super) async fn read_ready(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
+}
+
+/// [`read_ready`] for writing.
+pub(super) async fn write_ready(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_write_ready(cx)).await
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@ pub async fn burst(
             }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    super::copy::write_ready(to).await?
+                }
                 // The pipe still holds bytes: it is closed, not pooled.
                 Err(e) => return Err(e),
             }
