@@ -197,7 +197,14 @@ async fn connection(
     tracing::debug!(relay = name, %peer, %target, "relaying");
     let (timeouts, out, inn) = (settings.timeouts, &stats.bytes_out, &stats.bytes_in);
     let ended = match settings.accel.then(super::accel::Accel::shared).flatten() {
-        Some(a) => super::accel::relay_until(&a, client, upstream, timeouts, out, inn, cut).await,
+        // Boxed: the accelerated pump's state is large and rare, and an idle
+        // connection's future must stay small on the common path.
+        Some(a) => {
+            Box::pin(super::accel::relay_until(
+                &a, client, upstream, timeouts, out, inn, cut,
+            ))
+            .await
+        }
         None => copy::relay_until(client, upstream, timeouts, out, inn, cut).await,
     };
     tracing::debug!(relay = name, %peer, %target, ?ended, "connection ended");
