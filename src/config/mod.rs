@@ -12,6 +12,9 @@ mod types;
 mod units;
 mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::fmt;
 use std::path::Path;
 

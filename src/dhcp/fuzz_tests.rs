@@ -1,5 +1,6 @@
 //! A bounded fuzz-style test: seeded random and mutated packets into the
-//! parser and the state machine for about two seconds. No panic, and
+//! parser and the state machine for about two seconds (VMPOD_FUZZ_SECONDS
+//! for longer; deploy/bench/reliability.sh runs it so). No panic, and
 //! dhcproto itself never panics behind `options_well_formed` (its decoder
 //! is called here without the server's catch_unwind net).
 
@@ -11,9 +12,6 @@ use dhcproto::{Decodable, Encodable};
 
 use super::{LeaseServer, MAGIC, MIN_LEN, options_well_formed};
 use crate::dhcp::config::tests::example;
-
-const BUDGET: Duration = Duration::from_secs(2);
-const MAX_ITERATIONS: u64 = 2_000_000;
 
 /// xorshift64*: reproducible from the seed printed on failure.
 pub(crate) struct Rng(pub u64);
@@ -35,6 +33,16 @@ impl Rng {
     pub fn byte(&mut self) -> u8 {
         self.next() as u8
     }
+}
+
+/// How long a fuzz test runs: `default` inside `cargo test`, or
+/// VMPOD_FUZZ_SECONDS (the reliability scorecard's long run).
+pub(crate) fn budget(default: Duration) -> Duration {
+    std::env::var("VMPOD_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(default, Duration::from_secs_f64)
 }
 
 /// A new seed each run (printed, to replay a failure), or VMPOD_FUZZ_SEED.
@@ -120,10 +128,11 @@ fn random_and_mutated_packets_never_panic() {
     let mut rng = Rng(seed | 1);
     let corpus = corpus();
     let mut server = LeaseServer::new(example()).expect("config");
+    let budget = budget(Duration::from_secs(2));
     let started = Instant::now();
     let mut n = 0u64;
     let mut decoded = 0u64;
-    while started.elapsed() < BUDGET && n < MAX_ITERATIONS {
+    while started.elapsed() < budget {
         let packet = if rng.below(4) == 0 {
             let mut p: Vec<u8> = (0..rng.below(700)).map(|_| rng.byte()).collect();
             if p.len() >= MIN_LEN && rng.below(2) == 0 {
