@@ -149,40 +149,54 @@ fn a_killed_qemu_ends_vmpod_with_restart_never() {
 }
 
 #[test]
-fn a_killed_libvirtd_is_restarted_and_the_guest_keeps_running() {
+fn a_killed_libvirtd_or_virtlogd_is_restarted_and_the_guest_keeps_running() {
     let vm = start_vmpod("libvirtd", &example_config(kernel_mode));
     vm.wait_guest_http();
     let qemu = vm.qemu_pid().expect("qemu runs");
-    let libvirtd = vm.daemon_pid("libvirtd").expect("libvirtd runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(libvirtd), Signal::SIGKILL).unwrap();
-    vm.sandbox
-        .wait_for("a new libvirtd", Duration::from_secs(30), || {
-            vm.daemon_pid("libvirtd").filter(|p| *p != libvirtd)
-        });
-    // The guest never stopped: same qemu, still serving.
-    vm.wait_guest_http();
-    assert_eq!(
-        vm.qemu_pid(),
-        Some(qemu),
-        "qemu must survive a libvirtd restart"
-    );
-    // And vmpod still talks to the new libvirtd: the domain is listed.
-    vm.sandbox
-        .wait_for("virsh to see the domain", Duration::from_secs(20), || {
-            let out = vm
-                .sandbox
-                .in_sandbox(&["virsh", "-c", "qemu:///system", "domstate", "example"])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .contains("running")
-                .then_some(())
-        });
-    assert!(
-        vm.sandbox.logs().contains("daemon restarted"),
-        "{}",
-        vm.sandbox.logs()
-    );
+    // libvirtd first, then virtlogd, which holds qemu's console and log
+    // pipes: each is restarted and the guest never stops.
+    for (n, daemon) in ["libvirtd", "virtlogd"].into_iter().enumerate() {
+        let old = vm.daemon_pid(daemon).expect("the daemon runs");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), Signal::SIGKILL).unwrap();
+        vm.sandbox
+            .wait_for(&format!("a new {daemon}"), Duration::from_secs(30), || {
+                vm.daemon_pid(daemon).filter(|p| *p != old)
+            });
+        // The guest never stopped: same qemu, still serving.
+        vm.wait_guest_http();
+        assert_eq!(
+            vm.qemu_pid(),
+            Some(qemu),
+            "qemu must survive a {daemon} restart"
+        );
+        // And vmpod still talks to libvirtd: the domain is listed.
+        vm.sandbox.wait_for(
+            &format!("virsh to see the domain after the {daemon} kill"),
+            Duration::from_secs(20),
+            || {
+                let out = vm
+                    .sandbox
+                    .in_sandbox(&["virsh", "-c", "qemu:///system", "domstate", "example"])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("running")
+                    .then_some(())
+            },
+        );
+        let logs = vm.sandbox.logs();
+        assert_eq!(
+            logs.matches("daemon restarted").count(),
+            n + 1,
+            "one `daemon restarted` per kill, {daemon} the last:\n{logs}"
+        );
+        assert!(
+            logs.lines()
+                .rfind(|l| l.contains("daemon restarted"))
+                .is_some_and(|l| l.contains(daemon)),
+            "{logs}"
+        );
+    }
 }
 
 #[test]
