@@ -774,8 +774,9 @@ def check_keepalive(card, pod, n):
         fds1, _ = pod.fds_rss()
         # Every packet to and from the bridged namespace dropped: its peers
         # vanish without a FIN or a RST.
-        rules = ("table inet vanish { chain i { type filter hook input priority -300; policy drop; } "
-                 "chain o { type filter hook output priority -300; policy drop; } }")
+        rules = ("table inet vanish {\n"
+                 " chain i { type filter hook input priority -300; policy drop; }\n"
+                 " chain o { type filter hook output priority -300; policy drop; }\n}\n")
         sh(["ip", "netns", "exec", pod.br, "nft", "-f", "-"], input=rules)
         t = time.monotonic()
         c.cmd("abandon")
