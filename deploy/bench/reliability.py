@@ -717,10 +717,24 @@ def settle(pod, baseline_fds, timeout):
         return None
 
 
+def quiet_fds(pod, timeout=30):
+    """vmpod's fd count once it stops moving (an earlier check's connections
+    may still be closing): two readings 2 s apart that agree."""
+    deadline = time.monotonic() + timeout
+    last = pod.fds_rss()[0]
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = pod.fds_rss()[0]
+        if now == last:
+            break
+        last = now
+    return pod.fds_rss()
+
+
 def check_connections(card, pod, n, storm):
     why = "" if n == 10000 else (f" (max_connections {n}: 10,000 need 20,000 fds, over the hard "
                                  f"limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
-    fds0, rss0 = pod.fds_rss()
+    fds0, rss0 = quiet_fds(pod)
     limit = int(open(f"/proc/{pod.vmpod_pid()}/limits").read().split("Max open files")[1].split()[0])
     c = Client(pod)
     try:
@@ -765,7 +779,7 @@ def check_connections(card, pod, n, storm):
 
 def check_keepalive(card, pod, n):
     t_, i_, p_ = KEEPALIVE
-    fds0, _ = pod.fds_rss()
+    fds0, _ = quiet_fds(pod)
     c = Client(pod)
     try:
         r = c.cmd(f"open {n}")
