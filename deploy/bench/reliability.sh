@@ -35,7 +35,7 @@
 # fuzz output) in target/bench/reliability-logs/. Exits 1 if any line fails.
 #
 #   sudo deploy/bench/reliability.sh           # full run: about 15 minutes
-#   sudo deploy/bench/reliability.sh --quick   # about 6 minutes
+#   sudo deploy/bench/reliability.sh --quick   # about 4 minutes
 #
 # Environment:
 #   TOTAL_TIMEOUT      watchdog for the checks (default 2400 s, 900 with
