@@ -347,10 +347,23 @@ fn guest_is_isolated_from_the_pod(mode: &str) {
             .await
             .expect("bind a pod-local UDP port")
     });
+    // A pod process on DNS's port at the pod IP (vmpod's forwarder has the
+    // gateway's): the firewall opens 53 at the gateway only.
+    let pod_dns = net.pod.run(async {
+        tokio::net::UdpSocket::bind(format!("{POD_IP}:53"))
+            .await
+            .expect("bind the pod IP's UDP 53")
+    });
     let udp_echo = net.pod.spawn(async move {
         let mut buf = [0u8; 64];
         while let Ok((n, from)) = pod_udp.recv_from(&mut buf).await {
             let _ = pod_udp.send_to(&buf[..n], from).await;
+        }
+    });
+    let dns_echo = net.pod.spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = pod_dns.recv_from(&mut buf).await {
+            let _ = pod_dns.send_to(&buf[..n], from).await;
         }
     });
     let metadata = addr(&format!("{METADATA_IP}:{EXCHANGE_PORT}"));
@@ -395,6 +408,16 @@ fn guest_is_isolated_from_the_pod(mode: &str) {
         );
         table.push(format!("{udp}/udp: {err}"));
     }
+    let pod_dns = addr(&format!("{POD_IP}:53"));
+    let err = net.guest.run(udp_probe(pod_dns)).expect_err(&format!(
+        "{mode}: the guest reached a pod process on {pod_dns}/udp"
+    ));
+    assert_eq!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused,
+        "{pod_dns}/udp: {err}"
+    );
+    table.push(format!("{pod_dns}/udp (a pod process): {err}"));
     let err = net
         .guest
         .run(connect_and_read(metadata))
@@ -427,6 +450,7 @@ fn guest_is_isolated_from_the_pod(mode: &str) {
         servers.peer_ips()
     );
     udp_echo.abort();
+    dns_echo.abort();
     stop(&net, vm);
 }
 

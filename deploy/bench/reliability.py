@@ -611,9 +611,7 @@ def check_guest_matrix(card, pod):
         for port in sorted({p for _, p in udp}):
             if port == 53 and ip == GATEWAY:
                 kind, want, why = "dns", ("answered", "no answer"), "vmpod's DNS forwarder: not refused"
-            elif port == 67:
-                # The firewall admits DHCP to every pod address; the server's
-                # socket is bound to the bridge, so it gets the datagram.
+            elif port == 67 and ip == GATEWAY:
                 kind, want, why = "", ("answered", "no answer"), "vmpod's DHCP server: not refused"
             else:
                 kind, want, why = "", ("refused (ICMP port unreachable)",), "pod-local, not in guest_access"

@@ -181,7 +181,7 @@ pub fn plan_for(config: &VmConfig, ipv6: Option<Ipv6Guest>) -> FirewallPlan {
         kind: ChainType::Filter,
         hook: Hook::Input,
         priority: Priority::Filter,
-        rules: guest_input(config, ipv6.is_some()),
+        rules: guest_input(config, ipv6.as_ref().map(|v6| v6.gateway.addr())),
     });
     if !deny.is_empty() {
         chains.push(Chain {
@@ -245,6 +245,57 @@ fn guest_nat_first(config: &VmConfig, guests: &[Guest]) -> Vec<Rule> {
     rules
 }
 
+/// A port vmpod serves to the guest, and the pod addresses it is open at.
+struct GuestServer {
+    family: IpFamily,
+    addresses: Vec<IpNet>,
+    proto: L4Proto,
+    ports: Vec<u16>,
+}
+
+/// vmpod's DHCP, DHCPv6 and DNS servers, open at the gateway only: a pod
+/// process listening on the same port at the pod IP (or at `0.0.0.0`)
+/// stays closed to the guest. DHCPv6 is also open at the bridge's
+/// link-local address, which a client may unicast a renew to; DHCP's
+/// broadcasts and DHCPv6's multicasts are not local destinations and
+/// never reach the refusals below.
+fn vmpod_servers(config: &VmConfig, gateway6: Option<Ipv6Addr>) -> Vec<GuestServer> {
+    let net = &config.network;
+    let dns: &[u16] = if net.dns == DnsSetting::Forward {
+        &[53]
+    } else {
+        &[]
+    };
+    let mut servers = Vec::new();
+    let mut serve = |addresses: Vec<IpNet>, mut udp: Vec<u16>| {
+        let family = IpFamily::of(&addresses[0]);
+        udp.sort_unstable();
+        for (proto, ports) in [(L4Proto::Udp, udp), (L4Proto::Tcp, dns.to_vec())] {
+            if !ports.is_empty() {
+                servers.push(GuestServer {
+                    family,
+                    addresses: addresses.clone(),
+                    proto,
+                    ports,
+                });
+            }
+        }
+    };
+    let mut udp = dns.to_vec();
+    // vmpod's DHCP server is IPv4's; a dual-stack guest gets DHCPv6 below.
+    if net.dhcp && net.gateway.addr().is_ipv4() {
+        udp.push(67);
+    }
+    serve(vec![IpNet::from(net.gateway.addr())], udp);
+    if let Some(gateway) = gateway6 {
+        let link_local: IpNet = "fe80::/10".parse().expect("a valid prefix");
+        let mut udp = dns.to_vec();
+        udp.push(547);
+        serve(vec![IpNet::from(IpAddr::V6(gateway)), link_local], udp);
+    }
+    servers
+}
+
 /// The rules of `guest_input`: what the guest may reach on the pod's own
 /// addresses (the gateway and the pod IPs, whatever the family). Answers
 /// within connections already let through pass first: the pod's
@@ -254,7 +305,8 @@ fn guest_nat_first(config: &VmConfig, guests: &[Guest]) -> Vec<Rule> {
 /// open; every other TCP port is reset and every other UDP port answered
 /// "port unreachable", as a closed port on another host would be. ICMP
 /// stays open (ping, neighbour discovery, path MTU).
-fn guest_input(config: &VmConfig, ipv6: bool) -> Vec<Rule> {
+fn guest_input(config: &VmConfig, gateway6: Option<Ipv6Addr>) -> Vec<Rule> {
+    let ipv6 = gateway6.is_some();
     let net = &config.network;
     let from_guest = |mut extra: Vec<Match>| {
         let mut m = vec![Match::InInterface(net.bridge.clone())];
@@ -298,32 +350,14 @@ fn guest_input(config: &VmConfig, ipv6: bool) -> Vec<Rule> {
         actions: vec![Action::RejectWithTcpReset],
         comment: "vmpod's health and console ports are for clients of the pod, not the guest: refused at every pod address".into(),
     });
-    let mut udp: Vec<u16> = Vec::new();
-    let mut tcp: Vec<u16> = Vec::new();
-    if net.dhcp && net.gateway.addr().is_ipv4() {
-        udp.push(67);
-    }
-    if net.dns == DnsSetting::Forward {
-        udp.push(53);
-        tcp.push(53);
-    }
-    if ipv6 {
-        // DHCPv6 to the gateway's own address (a renew may be unicast);
-        // ICMPv6 (RS, NS, NA) is never refused here.
-        udp.push(547);
-    }
-    udp.sort_unstable();
-    if !udp.is_empty() || !tcp.is_empty() {
-        for (proto, ports) in [(L4Proto::Udp, udp), (L4Proto::Tcp, tcp)] {
-            if !ports.is_empty() {
-                rules.push(Rule {
-                    matches: local(proto, ports),
-                    actions: vec![Action::Accept],
-                    comment: "vmpod's DHCP servers and DNS forwarder on the gateway".into(),
-                });
-            }
-        }
-    }
+    rules.extend(vmpod_servers(config, gateway6).into_iter().map(|s| Rule {
+        matches: from_guest(vec![
+            Match::DestinationIn(s.family, s.addresses),
+            Match::DestinationPorts(s.proto, s.ports),
+        ]),
+        actions: vec![Action::Accept],
+        comment: "vmpod's DHCP servers and DNS forwarder, at the gateway only".into(),
+    }));
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let mut ports: Vec<u16> = net
             .guest_access

@@ -455,7 +455,11 @@ fn dual_stack_sends_the_guests_ipv6_through_every_path() {
         format!("ip6 saddr {prefix} oifname != \"virbr0\" meta l4proto icmpv6 masquerade"),
         "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
             .to_string(),
-        "udp dport { 53, 67, 547 } accept".to_string(),
+        "ip daddr 10.0.1.1 udp dport { 53, 67 } accept".to_string(),
+        format!(
+            "ip6 daddr {{ {}, fe80::/10 }} udp dport {{ 53, 547 }} accept",
+            gw.addr()
+        ),
         format!("tcp dport 9080 dnat ip6 to [{guest}]:9080"),
         "tcp dport 9080 dnat ip to 10.0.1.2:9080".to_string(),
     ] {
@@ -518,8 +522,8 @@ fn the_guest_reaches_no_pod_port_by_default_in_every_mode() {
         }
         expected.extend([
             "iifname \"virbr0\" fib daddr type local tcp dport 8181 reject with tcp reset",
-            "iifname \"virbr0\" fib daddr type local udp dport { 53, 67 } accept",
-            "iifname \"virbr0\" fib daddr type local tcp dport 53 accept",
+            "iifname \"virbr0\" ip daddr 10.0.1.1 udp dport { 53, 67 } accept",
+            "iifname \"virbr0\" ip daddr 10.0.1.1 tcp dport 53 accept",
             "iifname \"virbr0\" fib daddr type local meta l4proto tcp reject with tcp reset",
             "iifname \"virbr0\" fib daddr type local meta l4proto udp reject",
         ]);
