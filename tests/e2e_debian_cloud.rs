@@ -288,7 +288,7 @@ impl Setup {
             "boot {boot}: ACPI did not power it off:\n{logs}"
         );
         assert!(
-            !logs.contains("marker.txt"),
+            !logs.contains("fetched.txt") && !logs.contains(MARKER),
             "boot {boot}: the user-data reached the log"
         );
         assert!(
@@ -435,7 +435,9 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
     assert!(rendered.contains("## disks"), "{rendered}");
     assert!(rendered.contains("cloud-init NoCloud seed"), "{rendered}");
     assert!(
-        !rendered.contains("marker.txt") && !rendered.contains(user_data_pub.trim()),
+        !rendered.contains("fetched.txt")
+            && !rendered.contains(MARKER)
+            && !rendered.contains(user_data_pub.trim()),
         "render leaked the user-data:\n{rendered}"
     );
 
@@ -444,7 +446,7 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
         &setup,
         started,
         "cat /srv/www/marker.txt; ip -4 -o addr show dev eth0; cat /srv/www/fetched.txt; \
-         cat /run/cloud-init/result.json; echo; echo hostname=$(hostname); \
+         cat /var/lib/cloud/instance/datasource /run/cloud-init/status.json; echo; echo hostname=$(hostname); \
          echo hostkeys=$(ls /etc/ssh/ssh_host_*_key.pub | wc -l); \
          echo userkeys=$(grep -c ssh-ed25519 ~/.ssh/authorized_keys); \
          echo agent=$(systemctl is-active qemu-guest-agent)",
@@ -510,7 +512,11 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
         Some(MARKER),
         "/readyz is 200 but the guest's HTTP server does not answer through ingress"
     );
-    eprintln!("boot 1: /readyz answers seen before SSH: {seen:?}");
+    eprintln!(
+        "boot 1: {} distinct /readyz answers before SSH, the last: {:?}",
+        seen.len(),
+        seen.last()
+    );
 
     // The guest agent's report.
     let metrics = setup.sandbox.wait_for(
@@ -636,7 +642,11 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
         200,
         |_| true,
     );
-    eprintln!("boot 2: /readyz answers seen before SSH: {seen:?}");
+    eprintln!(
+        "boot 2: {} distinct /readyz answers before SSH, the last: {:?}",
+        seen.len(),
+        seen.last()
+    );
     setup.print_serial_log(2);
     setup.stop(2);
 
