@@ -26,8 +26,8 @@
 //! ```
 //!
 //! A read-only virtio disk (`device='disk'`, `bus='virtio'`, `<readonly/>`)
-//! works too: that is what tests/debian_cloud_image.rs boots with (found as
-//! `DataSourceNoCloud [seed=/dev/vdb]`).
+//! works too: the Debian cloud guest booted under plain qemu with its seed
+//! so found it as `DataSourceNoCloud [seed=/dev/vdb]`.
 
 mod iso9660;
 mod metadata;

@@ -33,6 +33,8 @@ pub enum LibvirtError {
     Thread(std::io::Error),
     #[error("libvirt did not answer within {0:?}; is libvirtd hung?")]
     Timeout(Duration),
+    #[error(transparent)]
+    DomainXml(#[from] super::domain::DomainError),
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;

@@ -6,6 +6,7 @@ use virt::sys;
 
 use super::agent::{self, AgentAnswerError, GuestInfo};
 use super::conn::{Libvirt, LibvirtError};
+use super::domain;
 
 /// Seconds libvirt waits for each agent command: the agent answers these
 /// in milliseconds; the libvirt thread is shared with the state polls.
@@ -109,29 +110,47 @@ impl Guest {
 
     /// Defines the domain from `xml`. A domain of the same name is replaced
     /// when its definition differs; a running one keeps running (its new
-    /// definition applies at the next start).
+    /// definition applies at the next start). The replacement carries the
+    /// existing domain's UUID ([`domain::with_uuid`]): libvirt refuses a
+    /// redefinition under another one.
     pub async fn define(&self, xml: &str) -> Result<Defined, LibvirtError> {
         let name = self.name.clone();
         let xml = xml.to_string();
         self.libvirt
             .call(move |conn| {
-                let existed = match lookup(conn, &name)? {
-                    Some(d) => {
-                        let current = d.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?;
-                        Some(current)
+                let existing = match lookup(conn, &name)? {
+                    Some(mut d) => {
+                        let current = d
+                            .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                            .and_then(|x| Ok((x, d.get_uuid()?)));
+                        let _ = d.free();
+                        Some(current?)
                     }
                     None => None,
                 };
+                let xml = match &existing {
+                    Some((_, uuid)) => {
+                        tracing::debug!(domain = %name, %uuid, "redefining under the existing UUID");
+                        domain::with_uuid(&xml, *uuid)
+                    }
+                    None => Ok(xml),
+                };
+                let xml = match xml {
+                    Ok(x) => x,
+                    Err(e) => return Ok(Err(e)),
+                };
                 let mut dom = Domain::define_xml(conn, &xml)?;
-                let after = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?;
+                let after = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE);
                 let _ = dom.free();
-                Ok(match existed {
+                let after = after?;
+                Ok(Ok(match existing {
                     None => Defined::New,
-                    Some(before) if before == after => Defined::Unchanged,
+                    Some((before, _)) if before == after => Defined::Unchanged,
                     Some(_) => Defined::Replaced,
-                })
+                }))
             })
-            .await
+            .await?
+            .map_err(LibvirtError::from)
     }
 
     pub async fn start(&self) -> Result<(), LibvirtError> {

@@ -42,6 +42,10 @@ pub enum DomainError {
     NonUtf8Path { field: String, path: PathBuf },
     #[error("cannot serialize the domain XML: {0}")]
     Xml(#[from] quick_xml::SeError),
+    #[error("cannot read the domain XML back to set its UUID: {0}")]
+    Reparse(#[from] quick_xml::Error),
+    #[error("the domain XML has no <domain> root element to give a UUID")]
+    NoRoot,
 }
 
 /// The domain XML for `config` on a host described by `facts`.
@@ -197,6 +201,78 @@ pub fn render_with_disks(
     domain.serialize(ser)?;
     xml.push('\n');
     Ok(xml)
+}
+
+/// `xml` (a domain XML as [`render`] makes it) with `uuid` as its top-level
+/// `<uuid>`, right after the root's start tag; a `<uuid>` already there is
+/// replaced.
+///
+/// Why: `render` writes no UUID, and libvirt gives a definition without one
+/// a random UUID. When a domain of the same name is already defined (vmpod
+/// restarted in the same pod, a libvirt state directory that survived),
+/// libvirt refuses that: "domain 'NAME' already exists with uuid ...". A
+/// redefinition must carry the existing domain's UUID. The XML is edited as
+/// XML events, never as text, so the rest of the document stays byte for
+/// byte what `render` produced.
+pub fn with_uuid(xml: &str, uuid: uuid::Uuid) -> Result<String, DomainError> {
+    use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(xml.len() + 64));
+    // The io::Error of writing into a Vec cannot happen; it is carried as
+    // quick-xml's own error all the same.
+    let io = |e: std::io::Error| DomainError::Reparse(e.into());
+    let uuid = uuid.hyphenated().to_string();
+    let mut depth = 0usize;
+    let mut placed = false;
+    // Depth of an old top-level <uuid> being dropped.
+    let mut dropping = false;
+    loop {
+        let event = reader.read_event()?;
+        match &event {
+            Event::Eof => break,
+            Event::Start(e) => {
+                depth += 1;
+                if dropping || (depth == 2 && e.name().as_ref() == "uuid") {
+                    dropping = true;
+                    continue;
+                }
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if dropping {
+                    dropping = depth >= 2;
+                    continue;
+                }
+            }
+            Event::Empty(e) if depth == 1 && e.name().as_ref() == "uuid" => continue,
+            _ if dropping => continue,
+            _ => {}
+        }
+        let root_start = depth == 1 && matches!(event, Event::Start(_)) && !placed;
+        writer.write_event(event).map_err(io)?;
+        if root_start {
+            placed = true;
+            writer
+                .write_event(Event::Text(BytesText::new("\n  ")))
+                .map_err(io)?;
+            writer
+                .write_event(Event::Start(BytesStart::new("uuid")))
+                .map_err(io)?;
+            writer
+                .write_event(Event::Text(BytesText::new(&uuid)))
+                .map_err(io)?;
+            writer
+                .write_event(Event::End(BytesEnd::new("uuid")))
+                .map_err(io)?;
+        }
+    }
+    if !placed {
+        return Err(DomainError::NoRoot);
+    }
+    // Only UTF-8 went in (a &str and a UUID's hex digits).
+    String::from_utf8(writer.into_inner())
+        .map_err(|e| DomainError::Reparse(quick_xml::Error::Encoding(e.utf8_error().into())))
 }
 
 /// The file that receives everything the guest writes to its first serial

@@ -199,3 +199,54 @@ fn serial_log_path_is_per_domain() {
         "{xml}"
     );
 }
+
+#[test]
+fn a_redefinition_carries_the_existing_uuid_and_nothing_else_changes() {
+    let c = config(MINIMAL);
+    let xml = render(&c, &HostFacts::fixed(), None).unwrap();
+    assert!(!xml.contains("<uuid>"), "render writes no UUID: {xml}");
+    let u = uuid::Uuid::parse_str("0b6e2a4c-1d3f-4e5a-9b7c-8d9e0f1a2b3c").unwrap();
+    let with = with_uuid(&xml, u).unwrap();
+    // The UUID is the root's first child; every other line is render's.
+    let mut lines: Vec<&str> = with.lines().collect();
+    assert_eq!(
+        lines[1],
+        "  <uuid>0b6e2a4c-1d3f-4e5a-9b7c-8d9e0f1a2b3c</uuid>"
+    );
+    lines.remove(1);
+    assert_eq!(lines.join("\n") + "\n", xml);
+    // What libvirt reads: one top-level <uuid>, the name untouched.
+    #[derive(serde::Deserialize)]
+    struct Parsed {
+        uuid: Vec<String>,
+        name: String,
+    }
+    let parsed: Parsed = quick_xml::de::from_str(&with).unwrap();
+    assert_eq!(parsed.uuid, vec![u.to_string()]);
+    assert_eq!(parsed.name, "vm1");
+}
+
+#[test]
+fn a_uuid_already_in_the_xml_is_replaced_not_doubled() {
+    let xml = render(&config(MINIMAL), &HostFacts::fixed(), None).unwrap();
+    let first = uuid::Uuid::from_u128(1);
+    let second = uuid::Uuid::from_u128(0xfeed);
+    let twice = with_uuid(&with_uuid(&xml, first).unwrap(), second).unwrap();
+    assert_eq!(twice.matches("<uuid>").count(), 1, "{twice}");
+    assert!(twice.contains(&format!("<uuid>{second}</uuid>")), "{twice}");
+    assert!(!twice.contains(&first.to_string()), "{twice}");
+    // A <uuid/> deeper in the document (none today) is not the domain's.
+    let nested = xml.replace("<devices>", "<devices>\n    <uuid>keep</uuid>");
+    let out = with_uuid(&nested, second).unwrap();
+    assert!(out.contains("<uuid>keep</uuid>"), "{out}");
+}
+
+#[test]
+fn a_uuid_needs_a_domain_to_go_into() {
+    let u = uuid::Uuid::from_u128(7);
+    assert!(matches!(with_uuid("", u), Err(DomainError::NoRoot)));
+    assert!(matches!(
+        with_uuid("<domain><name>x</domain>", u),
+        Err(DomainError::Reparse(_))
+    ));
+}
