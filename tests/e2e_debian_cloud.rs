@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::guest::vm_slot;
+use support::pty::console_driver;
 use support::sandbox::{CLUSTER_IP, POD_IP, Sandbox, output_text, repo_root, require, run_ok};
 
 const MARKER: &str = "CLOUD-INIT-RAN";
@@ -168,38 +169,11 @@ fn readyz(sandbox: &Sandbox) -> Option<(u16, String)> {
 /// gives one) to the guest's login prompt, detaches with Ctrl-], and prints
 /// what the terminal showed and vmpod's exit code.
 const PTY_DRIVER: &str = r##"
-import os, pty, select, sys, time
 vmpod = sys.argv[1]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("sh", ["sh", "-c", vmpod + " console; echo EXIT=$?"])
-out = b""
-def expect(pattern, timeout):
-    global out
-    end = time.time() + timeout
-    while pattern not in out:
-        if time.time() > end:
-            sys.stdout.write(out.decode(errors="replace"))
-            sys.exit("timed out waiting for %r" % pattern)
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                sys.stdout.write(out.decode(errors="replace"))
-                sys.exit("the terminal closed waiting for %r" % pattern)
-            out += data
+spawn(vmpod + " console; echo EXIT=$?")
 expect(b"Escape character is ^]", 30)
 # A getty shows its prompt again at each Enter.
-for _ in range(10):
-    os.write(fd, b"\r")
-    try:
-        expect(b"login: ", 3)
-        break
-    except SystemExit:
-        pass
+wake(b"login: ", 10)
 expect(b"login: ", 1)
 os.write(fd, b"\x1d")
 expect(b"EXIT=", 30)
@@ -553,7 +527,7 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
     // `vmpod console` to the login prompt, and out again with Ctrl-].
     let console = setup
         .sandbox
-        .in_sandbox(&["python3", "-c", PTY_DRIVER, VMPOD])
+        .in_sandbox(&["python3", "-c", &console_driver(PTY_DRIVER), VMPOD])
         .stdin(Stdio::null())
         .output()
         .expect("run the pty driver");

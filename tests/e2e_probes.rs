@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use support::pty::console_driver;
 use support::sandbox::POD_IP;
 use support::vm::{BOOT_TIMEOUT, GUEST_IP, RunningVm, example_config, start_vmpod};
 use vmpod::health::metrics::parse_samples;
@@ -58,38 +59,11 @@ fn metric(vm: &RunningVm, name: &str, labels: &str) -> Option<f64> {
 /// the terminal showed, then vmpod's exit code and `stty -a` of the same
 /// terminal.
 const PTY_DRIVER: &str = r##"
-import os, pty, select, sys, time
 vmpod, command = sys.argv[1], sys.argv[2]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("sh", ["sh", "-c", vmpod + " console; echo EXIT=$?; stty -a; echo STTY-DONE"])
-out = b""
-def expect(pattern, timeout):
-    global out
-    end = time.time() + timeout
-    while pattern not in out:
-        if time.time() > end:
-            sys.stdout.write(out.decode(errors="replace"))
-            sys.exit("timed out waiting for %r" % pattern)
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                sys.stdout.write(out.decode(errors="replace"))
-                sys.exit("the terminal closed waiting for %r" % pattern)
-            out += data
+spawn(vmpod + " console; echo EXIT=$?; stty -a; echo STTY-DONE")
 expect(b"Escape character is ^]", 30)
 # The shell waits for Enter ("Please press Enter to activate this console").
-for _ in range(20):
-    os.write(fd, b"\r")
-    try:
-        expect(b"# ", 3)
-        break
-    except SystemExit:
-        pass
+wake(b"# ", 20)
 os.write(fd, b"echo CONSOLE-$((6*7))\r")
 expect(b"CONSOLE-42", 30)
 os.write(fd, command.encode() + b"\r")
@@ -150,7 +124,13 @@ fn guest_probes_and_the_serial_console_against_the_real_guest() {
     // The console, as `kubectl exec -it POD -- vmpod console` gives it.
     let console = vm
         .sandbox
-        .in_sandbox(&["python3", "-c", PTY_DRIVER, VMPOD, "ip link set eth0 down"])
+        .in_sandbox(&[
+            "python3",
+            "-c",
+            &console_driver(PTY_DRIVER),
+            VMPOD,
+            "ip link set eth0 down",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run the pty driver");

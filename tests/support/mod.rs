@@ -2,5 +2,6 @@
 
 pub mod golden;
 pub mod guest;
+pub mod pty;
 pub mod sandbox;
 pub mod vm;
