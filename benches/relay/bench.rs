@@ -229,7 +229,7 @@ impl Plan {
         Plan {
             reps: opts.reps.unwrap_or(if quick { 1 } else { 5 }),
             iperf_secs: if quick { 1 } else { 3 },
-            rr_count: if quick { 3_000 } else { 20_000 },
+            rr_count: if quick { 3_000 } else { 30_000 },
             cps_secs: if quick { 1.0 } else { 2.0 },
             cps_concurrency: 4,
             idle_connections: if quick { 2_000 } else { 10_000 },
@@ -753,10 +753,14 @@ fn tool(c: &Competitor, env: &Env, args: &[&str], timeout: Duration) -> Result<V
     serde_json::from_str(out.trim()).with_context(|| format!("{} output: {out}", args[0]))
 }
 
-fn latency(c: &Competitor, env: &Env, plan: &Plan, size: usize) -> Result<[f64; 3]> {
-    let to = c.target(c.ports.1);
+/// Latency of every competitor in `group` (one client namespace), measured
+/// in one interleaved run (see `tools::rr`): p50, p99 and p99.9 each.
+fn latency(group: &[&Competitor], env: &Env, plan: &Plan, size: usize) -> Result<Vec<[f64; 3]>> {
+    let to: Vec<String> = group.iter().map(|c| c.target(c.ports.1)).collect();
+    let to = to.join(",");
+    let budget = Duration::from_secs(60 + (plan.rr_count * group.len() / 2_000) as u64);
     let v = tool(
-        c,
+        group[0],
         env,
         &[
             "rr",
@@ -767,10 +771,32 @@ fn latency(c: &Competitor, env: &Env, plan: &Plan, size: usize) -> Result<[f64; 
             "--count",
             &plan.rr_count.to_string(),
         ],
-        Duration::from_secs(120),
+        budget,
     )?;
-    let get = |k: &str| v[k].as_f64().with_context(|| format!("{k} in {v}"));
-    Ok([get("p50_us")?, get("p99_us")?, get("p999_us")?])
+    let rows = v.as_array().with_context(|| format!("rr output: {v}"))?;
+    if rows.len() != group.len() {
+        bail!("rr answered {} targets of {}", rows.len(), group.len());
+    }
+    rows.iter()
+        .map(|r| {
+            let get = |k: &str| r[k].as_f64().with_context(|| format!("{k} in {r}"));
+            Ok([get("p50_us")?, get("p99_us")?, get("p999_us")?])
+        })
+        .collect()
+}
+
+/// `order`'s competitors grouped by the namespace their client runs in,
+/// each group in `order`'s order.
+fn by_client_ns(order: &[usize], wanted: &[&Competitor]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for &i in order {
+        let ns = wanted[i].client_ns();
+        match groups.iter_mut().find(|(n, _)| *n == ns) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((ns, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 fn cps(c: &Competitor, env: &Env, plan: &Plan) -> Result<f64> {
@@ -870,7 +896,7 @@ fn idle_memory(
     };
     // Warm up, so lazily allocated state is in the baseline.
     latency(
-        c,
+        &[c],
         env,
         &Plan {
             rr_count: 200,
@@ -1025,17 +1051,26 @@ pub fn run(opts: RunOpts) -> Result<()> {
         }
         if measures.iter().any(|m| m == "latency") {
             for (size, name) in [(64, "lat64"), (1024, "lat1k")] {
-                each(&mut results, &mut running, name, &mut |c, _, results| {
-                    let [p50, p99, p999] = latency(c, &env, &plan, size)?;
-                    eprintln!(
-                        "rep {rep} {name:<11} {:<16} p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs",
-                        c.key
-                    );
-                    results.add(&format!("{name}_p50"), c.key, rep, p50);
-                    results.add(&format!("{name}_p99"), c.key, rep, p99);
-                    results.add(&format!("{name}_p999"), c.key, rep, p999);
-                    Ok(())
-                })?;
+                for group in by_client_ns(&order, &wanted) {
+                    for &i in &group {
+                        for p in &mut running[i].procs {
+                            p.check_alive()?;
+                        }
+                    }
+                    let comps: Vec<&Competitor> = group.iter().map(|&i| wanted[i]).collect();
+                    let keys: Vec<&str> = comps.iter().map(|c| c.key).collect();
+                    let got = latency(&comps, &env, &plan, size)
+                        .with_context(|| format!("{name} via {}", keys.join(", ")))?;
+                    for (c, [p50, p99, p999]) in comps.iter().zip(got) {
+                        eprintln!(
+                            "rep {rep} {name:<11} {:<16} p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} µs",
+                            c.key
+                        );
+                        results.add(&format!("{name}_p50"), c.key, rep, p50);
+                        results.add(&format!("{name}_p99"), c.key, rep, p99);
+                        results.add(&format!("{name}_p999"), c.key, rep, p999);
+                    }
+                }
             }
         }
         if measures.iter().any(|m| m == "cps") {

@@ -61,14 +61,18 @@ enum Tool {
         #[arg(long, value_delimiter = ',', required = true)]
         listen: Vec<SocketAddr>,
     },
-    /// Request/response latency over one connection; prints JSON.
+    /// Request/response latency over one connection per target, the
+    /// targets interleaved in blocks; prints a JSON array.
     Rr {
-        #[arg(long)]
-        to: SocketAddr,
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
         #[arg(long)]
         size: usize,
         #[arg(long)]
         count: usize,
+        /// Round trips to one target before the next one's turn.
+        #[arg(long, default_value_t = 100)]
+        block: usize,
     },
     /// New connections per second (connect, one request, close); prints JSON.
     Cps {
@@ -119,7 +123,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     let result = match cli.tool {
         Some(Tool::Serve { listen }) => tools::serve(&listen),
-        Some(Tool::Rr { to, size, count }) => tools::rr(to, size, count),
+        Some(Tool::Rr {
+            to,
+            size,
+            count,
+            block,
+        }) => tools::rr(&to, size, count, block),
         Some(Tool::Cps {
             to,
             secs,

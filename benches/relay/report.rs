@@ -470,6 +470,7 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
             "higher_is_better": m.higher_is_better, "results": per,
         }));
     }
+    md += &stability_section(results, competitors);
     let dns = dns_section(results);
     md += &dns.0;
     let targets = targets(results, competitors);
@@ -511,6 +512,74 @@ pub fn render(ctx: &Context, competitors: &[&Competitor], results: &Results) -> 
         "dns": dns.1,
     });
     (md, json)
+}
+
+/// How far latency figures move between repetitions: half the range over
+/// the median, for the figure itself and for vmpod ÷ haproxy of the same
+/// repetition. Each repetition measures one side's competitors
+/// interleaved, so the ratio is steadier than the figure when the
+/// machine's own tail moves.
+fn stability_section(results: &Results, competitors: &[&Competitor]) -> String {
+    let spread = |v: &[f64]| -> Option<f64> {
+        let med = median(v.to_vec())?;
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(*x), hi.max(*x))
+            });
+        (v.len() > 1 && med != 0.0).then(|| (hi - lo) / 2.0 / med * 100.0)
+    };
+    let cell = |v: Option<f64>| v.map_or("—".to_string(), |p| format!("±{p:.0}%"));
+    let lat: Vec<&Metric> = METRICS
+        .iter()
+        .filter(|m| m.key.starts_with("lat"))
+        .collect();
+    let shown: Vec<&&Competitor> = competitors
+        .iter()
+        .filter(|c| {
+            results
+                .reps("lat64_p50", c.key)
+                .is_some_and(|r| r.len() > 1)
+        })
+        .collect();
+    if shown.is_empty() {
+        return String::new();
+    }
+    let mut md = "\n## Latency stability between repetitions\n\nHalf the range over the median of each \
+                  figure's repetitions; for vmpod's relays also of the per-repetition ratio to haproxy \
+                  (\"figure / ratio\").\n\n| metric |"
+        .to_string();
+    for c in &shown {
+        md += &format!(" {} |", c.key);
+    }
+    md += "\n|---|";
+    md += &"---:|".repeat(shown.len());
+    md += "\n";
+    for m in lat {
+        md += &format!("| {} |", m.label);
+        for c in &shown {
+            let values: Vec<f64> = results
+                .reps(m.key, c.key)
+                .map(|r| r.values().copied().collect())
+                .unwrap_or_default();
+            let figure = cell(spread(&values));
+            md += &if c.is_vmpod() {
+                let ratios: Vec<f64> =
+                    match (results.reps(m.key, c.key), results.reps(m.key, HAPROXY)) {
+                        (Some(a), Some(h)) => a
+                            .iter()
+                            .filter_map(|(rep, v)| h.get(rep).filter(|x| **x != 0.0).map(|x| v / x))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                format!(" {figure} / {} |", cell(spread(&ratios)))
+            } else {
+                format!(" {figure} |")
+            };
+        }
+        md += "\n";
+    }
+    md
 }
 
 /// The DNS forwarder against a direct query from the guest: queries per

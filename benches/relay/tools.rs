@@ -79,33 +79,59 @@ fn connect(to: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// Round trips of `size` bytes; every sample is kept, so the percentiles
-/// are exact.
-pub fn rr(to: SocketAddr, size: usize, count: usize) -> Result<()> {
-    let mut s = connect(to)?;
+/// Round trips of `size` bytes to every target, interleaved: `block`
+/// round trips to one, then the next, and so on, so a change in the
+/// machine's load (two cores, a noisy neighbour) lands on every target
+/// alike instead of on whichever ran at that moment. Every sample is kept,
+/// so the percentiles are exact. Prints one JSON object per target, in
+/// order, as a JSON array.
+pub fn rr(targets: &[SocketAddr], size: usize, count: usize, block: usize) -> Result<()> {
+    let mut conns: Vec<TcpStream> = targets.iter().map(|t| connect(*t)).collect::<Result<_>>()?;
     let msg = vec![b'E'; size];
     let mut back = vec![0u8; size];
-    let warmup = (count / 10).max(100);
-    let mut samples = Vec::with_capacity(count);
-    for i in 0..warmup + count {
+    let mut round_trip = |s: &mut TcpStream| -> Result<f64> {
         let t = Instant::now();
         s.write_all(&msg)?;
         s.read_exact(&mut back)?;
-        if i >= warmup {
-            samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        Ok(t.elapsed().as_nanos() as f64 / 1000.0)
+    };
+    let warmup = (count / 10).max(100);
+    for (s, to) in conns.iter_mut().zip(targets) {
+        for _ in 0..warmup {
+            round_trip(s).with_context(|| format!("round trip to {to}"))?;
         }
     }
-    samples.sort_by(f64::total_cmp);
-    let pct =
-        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
-    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
-    println!(
-        "{}",
-        serde_json::json!({
-            "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
-            "mean_us": mean, "samples": samples.len(),
+    let block = block.clamp(1, count.max(1));
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(count); targets.len()];
+    let mut round = 0;
+    while samples.iter().any(|s| s.len() < count) {
+        // Rotated each round: no target always runs right after another.
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let want = block.min(count - samples[i].len());
+            for _ in 0..want {
+                let us = round_trip(&mut conns[i])
+                    .with_context(|| format!("round trip to {}", targets[i]))?;
+                samples[i].push(us);
+            }
+        }
+        round += 1;
+    }
+    let out: Vec<serde_json::Value> = targets
+        .iter()
+        .zip(&mut samples)
+        .map(|(to, s)| {
+            s.sort_by(f64::total_cmp);
+            let pct = |p: f64| s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+            let mean = s.iter().sum::<f64>() / s.len() as f64;
+            serde_json::json!({
+                "to": to.to_string(),
+                "p50_us": pct(0.50), "p99_us": pct(0.99), "p999_us": pct(0.999),
+                "mean_us": mean, "samples": s.len(),
+            })
         })
-    );
+        .collect();
+    println!("{}", serde_json::Value::Array(out));
     Ok(())
 }
 
