@@ -376,12 +376,14 @@ fn debian_cloud_guest_from_overlays_and_a_seed_through_two_boots() {
     std::fs::create_dir_all(&pvc).unwrap();
 
     let (_server, server_log) = sandbox.cluster_http_server("hello from the cluster\n");
-    // runcmd: the marker, a fetch from the cluster, and a web server on 80
+    // runcmd: the marker, a fetch from the cluster (retried, as a real
+    // user-data would: runcmd may run while the network still settles),
+    // and a web server on 80
     // (a transient unit: cloud-final's own children end with it).
     let user_data = format!(
         "#cloud-config\nssh_authorized_keys:\n  - \"{}\"\nruncmd:\n  - mkdir -p /srv/www\n  \
          - echo {MARKER} > /srv/www/marker.txt\n  \
-         - curl -sf -m 20 -o /srv/www/fetched.txt http://{CLUSTER_IP}:8080/hello.txt\n  \
+         - curl -sf -m 20 --retry 5 --retry-delay 2 --retry-all-errors -o /srv/www/fetched.txt http://{CLUSTER_IP}:8080/hello.txt\n  \
          - systemd-run --unit=marker-http python3 -m http.server 80 --directory /srv/www\n",
         user_data_pub.trim()
     );
