@@ -350,6 +350,93 @@ fn http_from_the_cluster_over_ipv4_and_ipv6() {
     );
 }
 
+/// One request, one answer, close: the guest's server answers 64 bytes
+/// and closes at once (no shutdown first), the client reads to EOF, as a
+/// connection-rate benchmark (or HTTP/1.0) does.
+const ANSWER_AND_CLOSE: u16 = 7011;
+
+fn answer_and_close_server(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
+    let at = addr(ip, port);
+    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind") });
+    ns.spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut request = [0u8; 64];
+                if s.read_exact(&mut request).await.is_ok() {
+                    let _ = s.write_all(&request).await;
+                }
+            });
+        }
+    })
+}
+
+/// The accelerated path once failed a quarter of these with a RST (a bare
+/// FIN redirected to a socket already shut down for writing: EPIPE, found
+/// by the benchmark's connection-rate test); every one must be answered
+/// in full and end on its own in the relay.
+#[test]
+fn answer_and_close_exchanges_in_a_row_all_end_in_order() {
+    let _g = shared();
+    let net = PodNet::new("ansClose");
+    let _server = answer_and_close_server(&net.guest, GUEST_IP, ANSWER_AND_CLOSE);
+    let vm = net.start_vmpod(config(
+        "tproxy",
+        &entry("rate", 9080, ANSWER_AND_CLOSE, ""),
+        "",
+    ));
+    const EXCHANGES: usize = 3_000;
+    const AT_ONCE: usize = 4;
+    let failed: Vec<String> = net.cluster.run(async {
+        let clients: Vec<_> = (0..AT_ONCE)
+            .map(|_| {
+                tokio::task::spawn_blocking(|| {
+                    use std::io::{Read, Write};
+                    let mut failed = Vec::new();
+                    for _ in 0..EXCHANGES / AT_ONCE {
+                        let got = (|| -> io::Result<Vec<u8>> {
+                            let mut s = std::net::TcpStream::connect(addr(POD_IP, 9080))?;
+                            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                            s.write_all(&[b'r'; 64])?;
+                            let mut answer = Vec::new();
+                            s.read_to_end(&mut answer)?;
+                            Ok(answer)
+                        })();
+                        match got {
+                            Ok(a) if a == [b'r'; 64] => {}
+                            Ok(a) => failed.push(format!("{} bytes answered", a.len())),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for c in clients {
+            failed.extend(c.await.unwrap());
+        }
+        failed
+    });
+    assert!(
+        failed.is_empty(),
+        "{} of {EXCHANGES} exchanges failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let s = stats(&vm, "rate");
+    assert_eq!(get(&s.accepted), EXCHANGES as u64);
+    wait_until(
+        "every relayed connection ended",
+        Duration::from_secs(5),
+        || (get(&s.active) == 0).then_some(()),
+    );
+    stop(&net, vm);
+}
+
 #[test]
 fn a_pod_without_ipv6_listens_on_ipv4_only() {
     require(&[("ss", "iproute2")]);
