@@ -1011,6 +1011,7 @@ pub fn run(opts: RunOpts) -> Result<()> {
         .map(|c| start(c, &env))
         .collect::<Result<_>>()?;
     let mut results = Results::default();
+    let incidents = std::cell::RefCell::new(Vec::<String>::new());
     for rep in 0..plan.reps {
         let order: Vec<usize> = (0..wanted.len())
             .map(|i| (i + rep) % wanted.len())
@@ -1102,9 +1103,23 @@ pub fn run(opts: RunOpts) -> Result<()> {
                 &mut running,
                 "memory",
                 &mut |c, r, results| {
-                    if let Some(bytes) = idle_memory(c, &env, &plan, r)? {
-                        eprintln!("rep {rep} memory      {:<16} {bytes:8.0} B/conn", c.key);
-                        results.add("mem", c.key, rep, bytes / 1024.0);
+                    match idle_memory(c, &env, &plan, r) {
+                        Ok(Some(bytes)) => {
+                            eprintln!("rep {rep} memory      {:<16} {bytes:8.0} B/conn", c.key);
+                            results.add("mem", c.key, rep, bytes / 1024.0);
+                        }
+                        Ok(None) => {}
+                        // A competitor that cannot hold the connections is a
+                        // finding about it, not the end of the run; vmpod's
+                        // own failure still is.
+                        Err(e) if !c.is_vmpod() => {
+                            let why = format!("rep {rep}: memory via {}: {e:#}", c.key);
+                            eprintln!("relay-bench: {why}");
+                            incidents.borrow_mut().push(why);
+                            r.procs.clear();
+                            *r = start(c, &env)?;
+                        }
+                        Err(e) => return Err(e),
                     }
                     Ok(())
                 },
@@ -1117,6 +1132,13 @@ pub fn run(opts: RunOpts) -> Result<()> {
     let context = context.finish(started.elapsed());
     let keys: Vec<&Competitor> = wanted.clone();
     let (mut md, json) = report::render(&context, &keys, &results);
+    let incidents = incidents.into_inner();
+    if !incidents.is_empty() {
+        md += "\n## Incidents\n\nMeasurements a competitor failed (left out of its figures):\n\n";
+        for i in &incidents {
+            md += &format!("- {i}\n");
+        }
+    }
     let md_path = opts.out.join("relay.md");
     let json_path = opts.out.join("relay.json");
     let charts = crate::chart::write_all(&json, &opts.out).context("write the charts")?;
