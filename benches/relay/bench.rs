@@ -1110,16 +1110,15 @@ pub fn run(opts: RunOpts) -> Result<()> {
                         }
                         Ok(None) => {}
                         // A competitor that cannot hold the connections is a
-                        // finding about it, not the end of the run; vmpod's
-                        // own failure still is.
-                        Err(e) if !c.is_vmpod() => {
+                        // finding about it, reported, not the end of the run
+                        // (whose other figures would be lost with it).
+                        Err(e) => {
                             let why = format!("rep {rep}: memory via {}: {e:#}", c.key);
                             eprintln!("relay-bench: {why}");
                             incidents.borrow_mut().push(why);
                             r.procs.clear();
                             *r = start(c, &env)?;
                         }
-                        Err(e) => return Err(e),
                     }
                     Ok(())
                 },

@@ -170,6 +170,19 @@ impl Topology {
                 &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"],
             )?;
             sh(Some(ns), &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+            // The connection-rate runs leave some 10,000 closed connections
+            // per competitor in conntrack, for 120 s each by default: a full
+            // run filled the table (262,144: "nf_conntrack: table full,
+            // dropping packet") and the next memory test's connects timed
+            // out. Absent until conntrack is loaded, hence no error.
+            let _ = sh(
+                Some(ns),
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait=5",
+                ],
+            );
         }
         for kv in [
             "net.ipv4.ip_forward=1",
