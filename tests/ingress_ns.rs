@@ -148,34 +148,43 @@ fn curl(ns: &Ns, args: &[&str]) -> Result<String, String> {
 
 // ---- the guest's servers --------------------------------------------------
 
+/// Listens on `ip:port` in `ns` (bound before this returns) and serves
+/// each connection with `serve` on a task of its own.
+fn serve_each<F, Fut>(ns: &Ns, ip: &str, port: u16, serve: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let at = addr(ip, port);
+    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind") });
+    ns.spawn(async move {
+        loop {
+            if let Ok((s, peer)) = listener.accept().await {
+                tokio::spawn(serve(s, peer));
+            }
+        }
+    })
+}
+
 /// An HTTP/1.0 server in `ns` on `ip:port` that answers every request with
 /// `hello from the guest; peer=IP` (the address the connection came from).
 fn http_server(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
-    let at = addr(ip, port);
-    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind http") });
-    ns.spawn(async move {
-        loop {
-            let Ok((mut s, peer)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = format!("hello from the guest; peer={}\n", peer.ip());
-                let answer = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
+    serve_each(ns, ip, port, |mut s, peer| async move {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
         }
+        let body = format!("hello from the guest; peer={}\n", peer.ip());
+        let answer = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(answer.as_bytes()).await;
+        let _ = s.shutdown().await;
     })
 }
 
@@ -209,25 +218,16 @@ fn udp_echo(
 /// each connection, sends its bytes back at once (before the client says
 /// anything), then echoes the rest.
 fn proxy_header_echo(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
-    let at = addr(ip, port);
-    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind") });
-    ns.spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(header) = read_proxy_header(&mut s).await else {
-                    return;
-                };
-                if s.write_all(&header).await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.into_split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+    serve_each(ns, ip, port, |mut s, _| async move {
+        let Ok(header) = read_proxy_header(&mut s).await else {
+            return;
+        };
+        if s.write_all(&header).await.is_err() {
+            return;
+        }
+        let (mut r, mut w) = s.into_split();
+        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+            let _ = w.shutdown().await;
         }
     })
 }
@@ -356,20 +356,11 @@ fn http_from_the_cluster_over_ipv4_and_ipv6() {
 const ANSWER_AND_CLOSE: u16 = 7011;
 
 fn answer_and_close_server(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
-    let at = addr(ip, port);
-    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind") });
-    ns.spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut request = [0u8; 64];
-                if s.read_exact(&mut request).await.is_ok() {
-                    let _ = s.write_all(&request).await;
-                }
-            });
+    serve_each(ns, ip, port, |mut s, _| async move {
+        let _ = s.set_nodelay(true);
+        let mut request = [0u8; 64];
+        if s.read_exact(&mut request).await.is_ok() {
+            let _ = s.write_all(&request).await;
         }
     })
 }
