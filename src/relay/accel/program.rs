@@ -11,7 +11,6 @@
 //! address, remote address (IPv4 in the first word, the rest zero).
 
 /// Offsets in `struct __sk_buff` (include/uapi/linux/bpf.h).
-const LEN: i16 = 0;
 const FAMILY: i16 = 88;
 const REMOTE_IP4: i16 = 92;
 const LOCAL_IP4: i16 = 96;
@@ -95,14 +94,6 @@ fn copy(p: &mut Vec<u64>, ctx_off: i16, key_word: i16) {
 /// The program for the SOCKHASH `map_fd`.
 pub fn verdict(map_fd: i32) -> Vec<u64> {
     let mut p = vec![mov_reg(R6, R1)];
-    // An skb without data (a bare FIN) stays with its own socket: once
-    // redirected, the peer's psock would send it after userspace has
-    // shut the peer down for writing, and report EPIPE on that socket,
-    // which fails a connection that closed in order.
-    p.push(load32(R2, R6, LEN));
-    p.push(jne_imm(R2, 0, 2));
-    p.push(mov_imm(R0, SK_PASS));
-    p.push(exit());
     copy(&mut p, FAMILY, 0);
     copy(&mut p, LOCAL_PORT, 1);
     // remote_port: the kernel puts the network-order u16 in the upper half
