@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use podnet::{
     GATEWAY_IP, GUEST_IP, Ns, Opened, PodNet, Servers, Vmpod, connect_and_read, exchange, fd_count,
-    plan_of, raise_fd_limit, wait_until,
+    plan_of, raise_fd_limit, serve_each, wait_until,
 };
 use support::sandbox::{CLUSTER_IP, POD_IP, output_text, require};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -148,28 +148,10 @@ fn curl(ns: &Ns, args: &[&str]) -> Result<String, String> {
 
 // ---- the guest's servers --------------------------------------------------
 
-/// Listens on `ip:port` in `ns` (bound before this returns) and serves
-/// each connection with `serve` on a task of its own.
-fn serve_each<F, Fut>(ns: &Ns, ip: &str, port: u16, serve: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let at = addr(ip, port);
-    let listener = ns.run(async move { TcpListener::bind(at).await.expect("bind") });
-    ns.spawn(async move {
-        loop {
-            if let Ok((s, peer)) = listener.accept().await {
-                tokio::spawn(serve(s, peer));
-            }
-        }
-    })
-}
-
 /// An HTTP/1.0 server in `ns` on `ip:port` that answers every request with
 /// `hello from the guest; peer=IP` (the address the connection came from).
 fn http_server(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
-    serve_each(ns, ip, port, |mut s, peer| async move {
+    serve_each(ns, addr(ip, port), |mut s, peer| async move {
         let mut req = Vec::new();
         let mut buf = [0u8; 1024];
         while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -218,7 +200,7 @@ fn udp_echo(
 /// each connection, sends its bytes back at once (before the client says
 /// anything), then echoes the rest.
 fn proxy_header_echo(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
-    serve_each(ns, ip, port, |mut s, _| async move {
+    serve_each(ns, addr(ip, port), |mut s, _| async move {
         let Ok(header) = read_proxy_header(&mut s).await else {
             return;
         };

@@ -1011,7 +1011,7 @@ pub fn run(opts: RunOpts) -> Result<()> {
         .map(|c| start(c, &env))
         .collect::<Result<_>>()?;
     let mut results = Results::default();
-    let incidents = std::cell::RefCell::new(Vec::<String>::new());
+    let mut incidents: Vec<String> = Vec::new();
     for rep in 0..plan.reps {
         let order: Vec<usize> = (0..wanted.len())
             .map(|i| (i + rep) % wanted.len())
@@ -1115,7 +1115,7 @@ pub fn run(opts: RunOpts) -> Result<()> {
                         Err(e) => {
                             let why = format!("rep {rep}: memory via {}: {e:#}", c.key);
                             eprintln!("relay-bench: {why}");
-                            incidents.borrow_mut().push(why);
+                            incidents.push(why);
                             r.procs.clear();
                             *r = start(c, &env)?;
                         }
@@ -1131,7 +1131,6 @@ pub fn run(opts: RunOpts) -> Result<()> {
     let context = context.finish(started.elapsed());
     let keys: Vec<&Competitor> = wanted.clone();
     let (mut md, json) = report::render(&context, &keys, &results);
-    let incidents = incidents.into_inner();
     if !incidents.is_empty() {
         md += "\n## Incidents\n\nMeasurements a competitor failed (left out of its figures):\n\n";
         for i in &incidents {

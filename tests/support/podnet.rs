@@ -555,6 +555,20 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    serve_each(ns, addr, move |s, peer| {
+        peers.lock().unwrap().push(peer);
+        serve(s)
+    })
+}
+
+/// Listens on `addr` in `ns` (bound before this returns) and serves each
+/// connection with `serve`, given the client's address, on a task of its
+/// own.
+pub fn serve_each<F, Fut>(ns: &Ns, addr: SocketAddr, serve: F) -> JoinHandle<()>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = ns.run(async move {
         TcpListener::bind(addr)
             .await
@@ -565,8 +579,7 @@ where
             let Ok((s, peer)) = listener.accept().await else {
                 continue;
             };
-            peers.lock().unwrap().push(peer);
-            tokio::spawn(serve(s));
+            tokio::spawn(serve(s, peer));
         }
     })
 }
