@@ -35,6 +35,8 @@ const ECHO: u16 = 7001;
 const HTTP: u16 = 8080;
 const UDP_ECHO: u16 = 7007;
 const PROXY_HEADER_ECHO: u16 = 7010;
+/// Started by the test that uses it (`answer_and_close`).
+const ANSWER_AND_CLOSE: u16 = 7011;
 /// Nothing listens there in the guest.
 const CLOSED: u16 = 7999;
 
@@ -399,6 +401,82 @@ fn half_close_passes_the_fin_and_keeps_the_answer() {
         .run(exchange(addr(POD_IP, 9000), 100_000, 3))
         .expect("a long upload, a short answer after the FIN")
         .assert_intact(100_000, 3);
+    stop(&net, vm);
+}
+
+/// A guest server that answers a 64-byte request and closes at once, as
+/// an HTTP/1.0 server or a health endpoint does: its FIN follows the
+/// answer within microseconds, and the client hangs up only after it.
+fn answer_and_close(ns: &Ns, ip: &str, port: u16) -> tokio::task::JoinHandle<()> {
+    serve_each(ns, addr(ip, port), |mut s, _| async move {
+        let mut request = [0u8; 64];
+        if s.read_exact(&mut request).await.is_ok() {
+            request.reverse();
+            let _ = s.write_all(&request).await;
+        }
+    })
+}
+
+#[test]
+fn answers_followed_at_once_by_the_guests_fin_all_arrive() {
+    let _g = shared();
+    let net = PodNet::new("answerClose");
+    let _server = answer_and_close(&net.guest, GUEST_IP, ANSWER_AND_CLOSE);
+    let vm = net.start_vmpod(config(
+        "tproxy",
+        &entry("short", 9000, ANSWER_AND_CLOSE, ""),
+        "",
+    ));
+    const CLIENTS: usize = 4;
+    const EACH: usize = 500;
+    let target = addr(POD_IP, 9000);
+    let failures = net.cluster.run(async move {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                tokio::spawn(async move {
+                    let mut failed = Vec::new();
+                    for i in 0..EACH {
+                        let request: Vec<u8> = (0..64).map(|b| (b + c + i) as u8).collect();
+                        let want: Vec<u8> = request.iter().rev().copied().collect();
+                        let got = async {
+                            let mut s = TcpStream::connect(target).await?;
+                            s.write_all(&request).await?;
+                            let mut answer = Vec::new();
+                            s.read_to_end(&mut answer).await?;
+                            Ok::<_, io::Error>(answer)
+                        }
+                        .await;
+                        match got {
+                            Ok(answer) if answer == want => {}
+                            Ok(answer) => {
+                                failed.push(format!("{} bytes, not the answer", answer.len()))
+                            }
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for c in clients {
+            failed.extend(c.await.unwrap());
+        }
+        failed
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} exchanges failed, the first: {:?}",
+        failures.len(),
+        CLIENTS * EACH,
+        &failures[..failures.len().min(3)]
+    );
+    let s = stats(&vm, "short");
+    wait_until("the last connection to end", Duration::from_secs(5), || {
+        (get(&s.active) == 0).then_some(())
+    });
+    assert_eq!(get(&s.bytes_out), 64 * (CLIENTS * EACH) as u64);
+    assert_eq!(get(&s.bytes_in), 64 * (CLIENTS * EACH) as u64);
     stop(&net, vm);
 }
 

@@ -11,6 +11,7 @@
 //! address, remote address (IPv4 in the first word, the rest zero).
 
 /// Offsets in `struct __sk_buff` (include/uapi/linux/bpf.h).
+const LEN: i16 = 0;
 const FAMILY: i16 = 88;
 const REMOTE_IP4: i16 = 92;
 const LOCAL_IP4: i16 = 96;
@@ -21,6 +22,7 @@ const LOCAL_PORT: i16 = 136;
 /// BPF_FUNC_sk_redirect_hash.
 const SK_REDIRECT_HASH: i32 = 72;
 const AF_INET: i32 = 2;
+const SK_DROP: i32 = 0;
 const SK_PASS: i32 = 1;
 /// The key's place on the stack, below the frame pointer r10.
 const KEY: i16 = -48;
@@ -94,6 +96,17 @@ fn copy(p: &mut Vec<u64>, ctx_off: i16, key_word: i16) {
 /// The program for the SOCKHASH `map_fd`.
 pub fn verdict(map_fd: i32) -> Vec<u64> {
     let mut p = vec![mov_reg(R6, R1)];
+    // A bare FIN reaches the verdict as an skb without bytes. Redirected or
+    // passed into a psock's queue, it makes the psock's worker "send" 0
+    // bytes, which the kernel takes for a broken pipe: EPIPE on that socket
+    // and its psock stops (net/core/skmsg.c, sk_psock_backlog). Dropping it
+    // loses nothing: the FIN itself is already recorded on the socket
+    // (RCV_SHUTDOWN), and userspace passes it on once the bytes before it
+    // are through (pair.rs).
+    p.push(load32(R2, R6, LEN));
+    p.push(jne_imm(R2, 0, 2));
+    p.push(mov_imm(R0, SK_DROP));
+    p.push(exit());
     copy(&mut p, FAMILY, 0);
     copy(&mut p, LOCAL_PORT, 1);
     // remote_port: the kernel puts the network-order u16 in the upper half
