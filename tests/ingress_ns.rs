@@ -386,6 +386,61 @@ fn ten_megabytes_each_way_with_checksums() {
     stop(&net, vm);
 }
 
+/// The send buffer (`ss -m`'s `tb`) of each established pod socket whose
+/// local or peer address ends in `:port`.
+fn pod_send_buffers(net: &PodNet, ports: &[u16]) -> Vec<(String, u64)> {
+    let text = net.pod.sh(&["ss", "-Htnm", "state", "established"]);
+    let mut found = Vec::new();
+    let mut lines = text.lines();
+    while let (Some(socket), Some(mem)) = (lines.next(), lines.next()) {
+        let addrs: Vec<&str> = socket.split_whitespace().skip(2).take(2).collect();
+        let ours = addrs
+            .iter()
+            .any(|a| ports.iter().any(|p| a.ends_with(&format!(":{p}"))));
+        let tb = mem
+            .split(['(', ','])
+            .find_map(|f| f.strip_prefix("tb"))
+            .and_then(|v| v.parse().ok());
+        if let (true, Some(tb)) = (ours, tb) {
+            found.push((addrs.join(" "), tb));
+        }
+    }
+    found
+}
+
+/// Under accel both relayed sockets get the fixed send buffer that keeps
+/// the kernel's psock worker from stalling on a full queue; the splice
+/// path leaves the kernel's autotuning alone.
+#[test]
+fn accelerated_sockets_get_the_wide_send_buffer_and_others_do_not() {
+    let _g = shared();
+    let net = PodNet::new("sndbuf");
+    let _guest = guest_servers(&net);
+    let vm = net.start_vmpod(config("tproxy", &entry("echo", 9000, ECHO, ""), ""));
+    let accel = vmpod::relay::accel::test_mode();
+    let held = net.cluster.run(async {
+        let mut c = TcpStream::connect(addr(POD_IP, 9000)).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.unwrap();
+        c
+    });
+    let buffers = pod_send_buffers(&net, &[9000, ECHO]);
+    assert_eq!(buffers.len(), 2, "the relay's two sockets: {buffers:?}");
+    // SO_SNDBUFFORCE of 4 MiB, which the kernel doubles; autotuning stops
+    // at tcp_wmem's maximum (4 MiB), so it never shows this figure.
+    const WIDE: u64 = 8 << 20;
+    for (socket, tb) in &buffers {
+        if accel {
+            assert_eq!(*tb, WIDE, "accelerated socket {socket}");
+        } else {
+            assert_ne!(*tb, WIDE, "socket {socket} on the splice path");
+        }
+    }
+    drop(held);
+    stop(&net, vm);
+}
+
 #[test]
 fn half_close_passes_the_fin_and_keeps_the_answer() {
     let _g = shared();
