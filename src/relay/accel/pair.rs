@@ -18,10 +18,11 @@
 //! counters. Both sockets leave the maps when the connection ends.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -102,15 +103,16 @@ fn consumed(fd: RawFd) -> io::Result<u64> {
     Err(io::Error::other("the receive counters would not settle"))
 }
 
-fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn kick(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
     // SAFETY: a valid fd and an int option.
     #[allow(unsafe_code)]
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -132,20 +134,16 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
 /// --accel auto` on loopback went from 5.9 to 7.9 Gbit/s (means of 10
 /// interleaved pairs). It is a limit, not an allocation: an idle
 /// connection holds nothing more.
-const JOINED_SNDBUF: libc::c_int = 4 << 20;
+const JOINED_SNDBUF: usize = 4 << 20;
 
 /// SO_SNDBUFFORCE, since plain SO_SNDBUF is capped at net.core.wmem_max
 /// (208 KiB unless raised, less than autotuning's own ceiling); it needs
 /// CAP_NET_ADMIN, which the maps need anyway. Only speed depends on it.
-fn widen_send_buffer(fd: RawFd) {
-    let forced = set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, JOINED_SNDBUF);
+fn widen_send_buffer(fd: BorrowedFd<'_>) {
+    let forced = setsockopt(&fd, sockopt::SndBufForce, &JOINED_SNDBUF);
     if let Err(e) = forced {
         tracing::debug!(error = %e, "relay acceleration: the send buffer keeps its autotuned size");
     }
-}
-
-fn kick(fd: RawFd) -> io::Result<()> {
-    set_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
 }
 
 /// One side of a joined pair: its key, fd, and counters at the start.
@@ -178,11 +176,11 @@ struct Joined {
 /// Joins the pair (a = client side, b = upstream side); on an error
 /// nothing has changed for either socket but its send buffer's size: the
 /// caller copies as usual.
-fn join(accel: &Accel, a: (RawFd, Key), b: (RawFd, Key)) -> io::Result<Joined> {
+fn join(accel: &Accel, a: (BorrowedFd<'_>, Key), b: (BorrowedFd<'_>, Key)) -> io::Result<Joined> {
     widen_send_buffer(a.0);
     widen_send_buffer(b.0);
-    let mut a = Side::new(a.0, a.1)?;
-    let mut b = Side::new(b.0, b.1)?;
+    let mut a = Side::new(a.0.as_raw_fd(), a.1)?;
+    let mut b = Side::new(b.0.as_raw_fd(), b.1)?;
     Accel::insert(&accel.peers, &a.key, b.fd)?;
     if let Err(e) = Accel::insert(&accel.peers, &b.key, a.fd) {
         Accel::remove(&accel.peers, &a.key);
@@ -242,7 +240,7 @@ pub async fn relay_until(
 ) -> Ended {
     let keys = Key::of(&client).and_then(|c| Ok((c, Key::of(&upstream)?)));
     let joined =
-        keys.and_then(|(kc, ku)| join(accel, (client.as_raw_fd(), kc), (upstream.as_raw_fd(), ku)));
+        keys.and_then(|(kc, ku)| join(accel, (client.as_fd(), kc), (upstream.as_fd(), ku)));
     let joined = match joined {
         Ok(j) => j,
         Err(e) => {
@@ -448,8 +446,8 @@ pub fn probe(accel: &Accel) -> Result<(), String> {
     let ku = key(&relay_upstream).map_err(|e| err("addresses", e))?;
     let j = join(
         accel,
-        (relay_client.as_raw_fd(), kc),
-        (relay_upstream.as_raw_fd(), ku),
+        (relay_client.as_fd(), kc),
+        (relay_upstream.as_fd(), ku),
     )
     .map_err(|e| err("joining the maps", e))?;
     let result = (|| {
